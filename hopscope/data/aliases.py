@@ -8,6 +8,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 
 def parse_list_string(value: object) -> list[str]:
     """Parse a list that a CSV stored as text, e.g. ``"['a', 'b']"`` or ``'["a", "b"]'``.
@@ -52,6 +53,7 @@ def _parse_loose(text: str) -> list[str]:
     return items
 
 
+@lru_cache(maxsize=1 << 18)
 def normalize(text: str) -> str:
     """Matching key: NFKD without accents, lower case, punctuation dropped, spaces collapsed."""
     text = unicodedata.normalize("NFKD", text)

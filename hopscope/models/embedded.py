@@ -56,9 +56,6 @@ def package_folder(module: str, install_hint: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _gguf_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and (p.suffix == ".gguf" or ".gguf" in p.name or "part" in p.name.lower()) and p.suffix not in {".py", ".pyc"})
-
 
 def gguf_path(name: str) -> Path:
     """Path of the embedded model's GGUF file (joining split parts into the cache when needed)."""
@@ -73,7 +70,7 @@ def gguf_path(name: str) -> Path:
         return joined
     parts = []
     for module in spec.packages:
-        files = [p for p in _gguf_files(package_folder(module, spec.install_hint)) if p.suffix != ".json"]
+        files = sorted((package_folder(module, spec.install_hint) / "data").glob("part*.bin"))
         if len(files) != 1:
             raise FileNotFoundError(f"expected one model part in package {module!r}, found {[f.name for f in files]}")
         parts.append(files[0])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from hopscope.models.embedded import EMBEDDED, embedded_folder
 from hopscope.models.loaded import LoadedModel
@@ -59,6 +60,7 @@ def load_model(
     """
     torch_dtype = _resolve_dtype(dtype)
     name = name or DEFAULT_MODEL
+    hf_logging.disable_progress_bar()
     if name in EMBEDDED:
         folder = embedded_folder(name)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)

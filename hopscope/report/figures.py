@@ -12,6 +12,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 MAX_TICKS = 40
 
@@ -74,8 +75,7 @@ def heatmap(
         if labels is not None and len(labels) != n:
             raise ValueError(f"heatmap: {len(labels)} {axis} labels for {n} {'columns' if axis == 'x' else 'rows'}")
     fig, ax = _figure(min(14.0, max(5.0, 2.5 + 0.32 * n_cols)), min(12.0, max(3.5, 1.5 + 0.3 * n_rows)))
-    colours = colormaps[cmap or ("RdBu_r" if center is not None else "viridis")].copy()
-    colours.set_bad("#d0d0d0")
+    colours = colormaps[cmap or ("RdBu_r" if center is not None else "viridis")].with_extremes(bad="#d0d0d0")
     norm = None
     if center is not None:
         finite = data[np.isfinite(data)]
@@ -147,6 +147,8 @@ def line_curves(
             low, high = bands[name]
             ax.fill_between(xs, np.asarray(low, dtype=float), np.asarray(high, dtype=float), color=colour,
                             alpha=0.18, linewidth=0)
+    if x is None or _all_integers(x):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if hline is not None:
         ax.axhline(hline, color="0.4", linestyle="--", linewidth=1)
     if logy:
@@ -156,6 +158,13 @@ def line_curves(
         ax.legend(frameon=False, fontsize=9, loc="best")
     _tidy(ax, title, xlabel, ylabel)
     return fig
+
+
+def _all_integers(values: Sequence[Any]) -> bool:
+    try:
+        return bool(np.all(np.mod(np.asarray(values, dtype=float), 1) == 0))
+    except (TypeError, ValueError):  # categorical x values
+        return False
 
 
 def box_by_group(

@@ -63,3 +63,16 @@ def children(path: str | os.PathLike[str], config: dict[str, Any] | None = None)
     folder = Path(path)
     config = config if config is not None else read_config(folder)
     return [folder / name for name in config.get("children", []) if is_run_folder(folder / name)]
+
+
+def effective_status(config: dict[str, Any]) -> str:
+    """The recorded status, except that a 'running' run whose process is gone (on this host) reads
+    'stopped' (killed without a chance to record it); resume it like an interrupted run."""
+    from . import provenance
+
+    status = str(config.get("status", "unknown"))
+    pid = config.get("pid")
+    if status == "running" and pid is not None and config.get("host") == provenance.host():
+        if not provenance.pid_alive(int(pid)):
+            return "stopped"
+    return status

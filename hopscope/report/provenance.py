@@ -8,7 +8,7 @@ import json
 import os
 import platform
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -99,8 +99,10 @@ def dataset_hash(data: Any) -> tuple[str, int | None]:
             data = data.to_dict("records")
     except ImportError:  # pragma: no cover - pandas is a dependency
         pass
-    if not isinstance(data, Iterable):
-        raise TypeError(f"cannot hash a dataset of type {type(data).__name__}; pass a path or records")
+    if not isinstance(data, Iterable) or isinstance(data, Iterator):
+        raise TypeError(
+            f"cannot hash a dataset of type {type(data).__name__}; pass a path, a DataFrame or a list of records"
+        )
     digest = hashlib.sha256()
     count = 0
     for record in data:

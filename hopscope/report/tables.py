@@ -98,7 +98,7 @@ def _row_keys(table: pa.Table, key: Sequence[str]) -> list[Key]:
     if not key or table.num_rows == 0:
         return []
     columns = [table.column(k).to_pylist() for k in key]
-    return list(dict.fromkeys(normalize_key(tuple(vals)) for vals in zip(*columns)))
+    return list(dict.fromkeys(normalize_key(tuple(vals)) for vals in zip(*columns, strict=True)))
 
 
 def sort_by_key(df: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
@@ -179,6 +179,22 @@ class TableStore:
         key = next((m["key"] for m in map(_read_meta, files) if m.get("key")), [])
         table = _concat([pq.read_table(p) for p in files])
         return sort_by_key(table.to_pandas(), key)
+
+    def head(self, name: str, n: int = 10) -> pd.DataFrame:
+        """The first ``n`` rows, read without loading the whole table (from the merged file if any)."""
+        base = self.base_path(name)
+        files = ([base] if base.exists() else []) + self._live_parts(name)
+        if not files:
+            raise KeyError(f"no table named {name!r} in {self.root}")
+        batches = []
+        for path in files:
+            pfile = pq.ParquetFile(path)
+            if pfile.metadata.num_rows:
+                batches = [next(pfile.iter_batches(batch_size=n))]
+                break
+        if not batches:
+            return pd.DataFrame()
+        return pa.Table.from_batches(batches).to_pandas().head(n)
 
     # ---- writes ------------------------------------------------------------------------------------
     def write(self, name: str, df: pd.DataFrame, key: Sequence[str] = (), csv: bool | None = None) -> Path:
@@ -270,8 +286,7 @@ class IncrementalTable:
         if not key:
             raise ValueError(f"table {name!r}: an incremental table needs key columns (e.g. key=['query_id'])")
         check_name(name)
-        base = store.base_path(name)
-        old_key = _read_meta(base).get("key") if base.exists() else None
+        old_key = store.info(name)["key"] if store.exists(name) else None
         if old_key and list(old_key) != list(key):
             raise ValueError(f"table {name!r} was stored with key {old_key}, not {list(key)}")
         self.store, self.name, self.key = store, name, list(key)
@@ -295,7 +310,9 @@ class IncrementalTable:
         self.close(ok=exc_type is None)
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def pending(self, items: Iterable[Any], key: Callable[[Any], Any] | None = None, desc: str | None = None) -> Iterator[Any]:
+    def pending(
+        self, items: Iterable[Any], key: Callable[[Any], Any] | None = None, desc: str | None = None
+    ) -> Iterator[Any]:
         """Yield the items whose key is not stored yet, with a progress bar (ETA) over those left.
 
         ``key(item)`` gives the item's key (default: the item itself); it should match the values

@@ -143,7 +143,7 @@ def train_last_token(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             row = {"step": step, "train_loss": sum(losses) / len(losses), "lr": sched.get_last_lr()[0],
                    "seconds": time.time() - start}

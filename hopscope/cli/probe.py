@@ -1,0 +1,115 @@
+"""CLI: ``hopscope train kth-smallest`` (train a small GPT-2 on the k-th smallest task) and
+``hopscope probe`` (MechanisticProbe study of a trained model into a run folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _train_app(app: typer.Typer) -> typer.Typer:
+    """The ``train`` sub-app, shared with other areas when one already registered it."""
+    for group in app.registered_groups:
+        if group.name == "train" and group.typer_instance is not None:
+            return group.typer_instance
+    sub = typer.Typer(help="Train or fine-tune small models on synthetic tasks.", no_args_is_help=True)
+    app.add_typer(sub, name="train")
+    return sub
+
+
+def train_kth_smallest_cmd(
+    out: Path = typer.Option(Path("models/kth-smallest"), help="Folder for the trained HF model."),
+    n: int = typer.Option(16, help="Numbers per list."),
+    k: int = typer.Option(2, help="Predict the k-th smallest."),
+    pool_size: int = typer.Option(512, help="Distinct values (each one token for the tokenizer)."),
+    n_train: int = typer.Option(50_000, help="Training lists."),
+    steps: int = typer.Option(2000, help="Optimizer steps."),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup then cosine decay)."),
+    layers: int = typer.Option(4, help="GPT-2 layers (from scratch)."),
+    heads: int = typer.Option(4, help="Attention heads per layer."),
+    width: int = typer.Option(128, help="Model width d_model."),
+    base: Optional[str] = typer.Option(None, help="Fine-tune this model (hub id / folder) instead of a new GPT-2."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train a GPT-2 (4 layers, width 128 by default) from scratch on the k-th smallest task."""
+    from hopscope.data.kth_smallest import KthSmallestConfig
+    from hopscope.train.kth_smallest import GPT2Arch, train_kth_smallest
+    from hopscope.train.last_token import TrainConfig
+
+    task = KthSmallestConfig(n=n, k=k, pool_size=pool_size, n_train=n_train, seed=seed)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=max(1, min(250, steps)))
+    model = None
+    if base is not None:
+        from hopscope.models import load_model
+
+        model = load_model(base)
+    arch = GPT2Arch(n_layers=layers, n_heads=heads, d_model=width, n_positions=max(64, n + 8))
+
+    def show(row: dict) -> None:
+        typer.echo(f"step {row['step']:>6}  loss {row['train_loss']:.4f}  val acc {row.get('val_accuracy', float('nan')):.3f}"
+                   f"  ({row['seconds']:.0f}s)")
+
+    result = train_kth_smallest(task, cfg, model=model, arch=arch, out=out, progress=show)
+    typer.echo(f"test accuracy {result.metrics['test_accuracy']:.4f} (chance {result.metrics['chance_accuracy']:.4f}); "
+               f"model saved to {result.folder}")
+
+
+def probe_cmd(
+    model: str = typer.Argument(..., help="A folder from `hopscope train kth-smallest` (or any model id/folder)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default: runs/probe-<timestamp>)."),
+    full: bool = typer.Option(False, "--full/--quick", help="Full sizes (500 lists, 9 masking fractions) or quick."),
+    n_probe: Optional[int] = typer.Option(None, help="Lists the probes are fit on."),
+    n_eval: Optional[int] = typer.Option(None, help="Lists for accuracy and masking."),
+    per_head: bool = typer.Option(False, help="One feature per head instead of the head mean."),
+    query: str = typer.Option("last", help="Query rows: last | mean | max (over the prompt)."),
+    normalize: str = typer.Option("max", help="Feature normalisation: max (per list, as the paper's code) | sum | none."),
+    corruption: bool = typer.Option(True, help="Run the corruption analysis."),
+    n: int = typer.Option(16, help="List length when the model folder has no task settings."),
+    k: int = typer.Option(2, help="k when the model folder has no task settings."),
+    seed: int = typer.Option(0),
+) -> None:
+    """MechanisticProbe study: accuracy, probe scores vs random init, layer-wise curves, head entropy,
+    head masking, corruption and attention figures, written to a run folder."""
+    from hopscope.data.kth_smallest import KthSmallestConfig
+    from hopscope.methods.probe.core import ProbeSettings
+    from hopscope.methods.probe.study import StudyConfig, run_probe_study, write_probe_study
+    from hopscope.models import load_model
+    from hopscope.report import RunFolder
+    from hopscope.train.kth_smallest import load_task_info
+
+    settings = ProbeSettings(per_head=per_head, query=query, normalize=normalize, seed=seed)
+    sizes = {key: v for key, v in dict(n_probe=n_probe, n_eval=n_eval).items() if v is not None}
+    config = (StudyConfig.full if full else StudyConfig.quick)(settings=settings, corruption=corruption, **sizes)
+    info = load_task_info(model) if Path(model).is_dir() else None
+    task = KthSmallestConfig.from_dict(info["task_config"]) if info else KthSmallestConfig(n=n, k=k, seed=seed)
+    args = dict(model=model, full=full, n_probe=config.n_probe, n_eval=config.n_eval, per_head=per_head,
+                query=query, normalize=normalize, corruption=corruption, n=task.n, k=task.k)
+    run = RunFolder.create("probe", args, out=out, seed=seed)
+    with run:
+        m = load_model(model)
+        run.set_model(m)
+        result = run_probe_study(m, task=task, config=config, seed=seed, progress=lambda s: typer.echo(f"... {s}"))
+        if info:
+            result["tables"]["training_metrics"] = _training_table(info)
+        write_probe_study(run, result)
+    s = result["summary"]
+    typer.echo(f"accuracy {s['accuracy']:.4f}; F1 useful {s['f1_useful']:.3f} (random {s['f1_random_useful']:.3f}, "
+               f"S {s['S_useful']:.3f}); F1 step {s['f1_step']:.3f} (random {s['f1_random_step']:.3f}, "
+               f"S {s['S_step']:.3f})")
+    typer.echo(f"run folder: {run.path}")
+
+
+def _training_table(info: dict):
+    import pandas as pd
+
+    return pd.DataFrame([{**info.get("metrics", {}), **{f"task_{k}": v for k, v in info["task_config"].items()
+                                                          if k != "pool"}}])
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train kth-smallest`` and ``probe`` to the hopscope CLI."""
+    _train_app(app).command("kth-smallest")(train_kth_smallest_cmd)
+    app.command("probe")(probe_cmd)

@@ -1,0 +1,203 @@
+"""MLPs as activations that amplify or erase head outputs (Lv et al. 2024, section 4).
+
+The MLP output at the last position is decomposed against the components of its input (each head of
+its own layer, chosen earlier heads, the attention bias, and the rest of the residual):
+
+* least squares: ``mlp_out ~ sum_j a_j head_j + remainder`` (``a_j > 0`` amplifies head j, ``< 0`` erases it);
+* linearisation with the activation pattern (and the pre-MLP norm scale) frozen: the MLP becomes linear
+  in its input, so ``mlp_out = sum_c part_c + constant`` exactly, one part per input component.
+
+Each part is read through the unembedding: does the subject ("France") get amplified, does a part point
+at the answer ("Paris") like an implicit ``get_capital(X)``?
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hopscope.methods.recall.collect import LastPosition
+from hopscope.methods.recall.linearize import direction_logits, mlp_spec
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from hopscope.models.loaded import LoadedModel
+
+HeadId = tuple[int, int]
+
+
+def _rank(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rank (0 = top) of ``ids[i]`` in each row of ``logits`` ``[n, V]``."""
+    chosen = logits.gather(-1, ids[:, None])
+    return (logits > chosen).sum(-1)
+
+
+def _top(lm: "LoadedModel", logits: torch.Tensor, k: int) -> list[str]:
+    return ["|".join(lm.tokenizer.decode([t]).strip() or repr(lm.tokenizer.decode([t]))
+                     for t in row) for row in logits.topk(k, -1).indices.tolist()]
+
+
+def input_components(lp: LastPosition, layer: int, extra_heads: Sequence[HeadId] = (),
+                     *, parallel: bool = False) -> tuple[list[str], torch.Tensor]:
+    """Names and vectors ``[n, k, d]`` of the MLP input's components; they sum to ``lp.mlp_in[:, layer]``.
+
+    Sequential blocks: every head of ``layer``, its attention bias, the ``extra_heads`` of earlier layers,
+    then ``resid_rest`` (the residual before, minus those heads). Parallel blocks read ``resid_pre``, so
+    heads of ``layer`` itself are not inputs.
+    """
+    n, _, H, d = lp.heads.shape
+    names, vecs = [], []
+    if not parallel:
+        for h in range(H):
+            names.append(f"L{layer}H{h}")
+            vecs.append(lp.heads[:, layer, h])
+        if lp.attn_bias[layer].abs().max() > 0:
+            names.append(f"L{layer}.attn_bias")
+            vecs.append(lp.attn_bias[layer].expand(n, d))
+    for l2, h2 in extra_heads:
+        if l2 < layer and f"L{l2}H{h2}" not in names:
+            names.append(f"L{l2}H{h2}")
+            vecs.append(lp.heads[:, l2, h2])
+    x = lp.mlp_in[:, layer]
+    rest = x - torch.stack(vecs, 1).sum(1) if vecs else x
+    names.append("resid_rest")
+    vecs.append(rest)
+    return names, torch.stack(vecs, 1)
+
+
+def least_squares(mlp_out: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per prompt, coefficients ``[n, k]`` of ``mlp_out`` ``[n, d]`` on ``directions`` ``[n, k, d]`` and the remainder."""
+    a = directions.transpose(1, 2).double()  # [n, d, k]
+    coef = torch.linalg.lstsq(a, mlp_out.double()[..., None], driver="gelsd").solution[..., 0]
+    remainder = mlp_out.double() - (a @ coef[..., None])[..., 0]
+    return coef.float(), remainder.float()
+
+
+def mlp_decomposition(lm: "LoadedModel", lp: LastPosition, layer: int, extra_heads: Sequence[HeadId] = (),
+                      *, k: int = 5) -> pd.DataFrame:
+    """One row per (prompt, component) of the last-position MLP output of ``layer``.
+
+    Columns: ``lstsq_coef`` (heads only; NaN for the rest), ``input_norm``, ``part_norm``, ``part_gain``
+    (the part's coefficient along its own input: > 0 amplified, < 0 erased), ``part_dla`` (the part's
+    direct logit attribution to the answer), ``subject_rank``/``answer_rank`` of the part's vocabulary
+    projection (0 = top), ``input_subject_rank``, ``part_top``/``input_top`` tokens. The rows ``constant``
+    (biases) and ``remainder`` (least-squares residual) complete the picture; ``sum_error`` on every
+    row is the max |sum of parts + constant - MLP output| for that prompt (exact up to float error).
+    """
+    spec = mlp_spec(lm, layer)
+    parallel = lm.adapter.parallel_residual
+    names, comps = input_components(lp, layer, extra_heads, parallel=parallel)
+    x, out = lp.mlp_in[:, layer], lp.mlp[:, layer]
+    parts, const = spec.linear_parts(x, comps)
+    sum_error = (parts.sum(1) + const - out).abs().amax(-1)
+    head_idx = [j for j, nm in enumerate(names) if "H" in nm and not nm.endswith("bias")]
+    coef, remainder = least_squares(out, comps[:, head_idx])
+    n, kk, d = comps.shape
+    part_logits = direction_logits(lm, parts.reshape(-1, d)).reshape(n, kk, -1)
+    in_logits = direction_logits(lm, comps.reshape(-1, d)).reshape(n, kk, -1)
+    subj, ans = lp.subject_ids, lp.answer_ids
+    rows = []
+    for j, name in enumerate(names):
+        gain = (parts[:, j] * comps[:, j]).sum(-1) / comps[:, j].pow(2).sum(-1).clamp_min(1e-12)
+        col = head_idx.index(j) if j in head_idx else None
+        block = pd.DataFrame({
+            "qid": [it.qid for it in lp.items], "subject": [it.subject for it in lp.items], "mlp_layer": layer,
+            "component": name,
+            "lstsq_coef": coef[:, col].numpy() if col is not None else np.nan,
+            "input_norm": comps[:, j].norm(dim=-1).numpy(), "part_norm": parts[:, j].norm(dim=-1).numpy(),
+            "part_gain": gain.numpy(), "part_dla": (parts[:, j] * lp.u).sum(-1).numpy(),
+            "subject_rank": _rank(part_logits[:, j], subj).numpy(),
+            "answer_rank": _rank(part_logits[:, j], ans).numpy(),
+            "input_subject_rank": _rank(in_logits[:, j], subj).numpy(),
+            "part_top": _top(lm, part_logits[:, j], k), "input_top": _top(lm, in_logits[:, j], k),
+        })
+        rows.append(block)
+    extra = {"constant": const, "remainder": remainder}
+    for name, vec in extra.items():
+        lg = direction_logits(lm, vec)
+        rows.append(pd.DataFrame({
+            "qid": [it.qid for it in lp.items], "subject": [it.subject for it in lp.items], "mlp_layer": layer,
+            "component": name, "lstsq_coef": np.nan, "input_norm": np.nan, "part_norm": vec.norm(dim=-1).numpy(),
+            "part_gain": np.nan, "part_dla": (vec * lp.u).sum(-1).numpy(),
+            "subject_rank": _rank(lg, subj).numpy(), "answer_rank": _rank(lg, ans).numpy(),
+            "input_subject_rank": np.nan, "part_top": _top(lm, lg, k), "input_top": "",
+        }))
+    df = pd.concat(rows, ignore_index=True)
+    df["mlp_norm"] = np.tile(out.norm(dim=-1).numpy(), len(names) + 2)
+    df["sum_error"] = np.tile(sum_error.numpy(), len(names) + 2)
+    return df
+
+
+def decomposition_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per component: means of coefficients, norms and DLA; medians of ranks; share of prompts
+    where the part amplifies its input (``part_gain > 0``) and where the subject is in the part's top 10."""
+    g = df.groupby("component", sort=False)
+    out = g.agg(lstsq_coef=("lstsq_coef", "mean"), input_norm=("input_norm", "mean"),
+                part_norm=("part_norm", "mean"), part_gain=("part_gain", "mean"), part_dla=("part_dla", "mean"),
+                subject_rank=("subject_rank", "median"), answer_rank=("answer_rank", "median"),
+                input_subject_rank=("input_subject_rank", "median"))
+    out["amplified_share"] = g["part_gain"].apply(lambda s: float((s > 0).mean()) if s.notna().any() else np.nan)
+    out["subject_top10_share"] = g["subject_rank"].apply(lambda s: float((s < 10).mean()))
+    out["answer_top10_share"] = g["answer_rank"].apply(lambda s: float((s < 10).mean()))
+    return out.reset_index()
+
+
+def mlp_layers(lm: "LoadedModel", lp: LastPosition) -> pd.DataFrame:
+    """One row per layer: the MLP's mean DLA to the answer and the median rank of the answer and the
+    subject in its output's vocabulary projection (which MLP writes the answer, which the subject)."""
+    rows = []
+    dla = lp.rest_dla()["mlp"]
+    for layer in range(lp.mlp.shape[1]):
+        lg = direction_logits(lm, lp.mlp[:, layer])
+        ans_rank, subj_rank = _rank(lg, lp.answer_ids), _rank(lg, lp.subject_ids)
+        rows.append({"layer": layer, "mlp_dla": float(dla[:, layer].mean()),
+                     "answer_rank": float(ans_rank.float().median()),
+                     "subject_rank": float(subj_rank.float().median()),
+                     "answer_top10_share": float((ans_rank < 10).float().mean()),
+                     "subject_top10_share": float((subj_rank < 10).float().mean())})
+    return pd.DataFrame(rows)
+
+
+def decomposition_figure(summary: pd.DataFrame, layer: int) -> "Figure":
+    """Bars of the mean least-squares coefficient and the mean linearised gain per head component."""
+    from matplotlib.figure import Figure
+
+    heads = summary[summary["component"].str.contains("H") & ~summary["component"].str.contains("bias")]
+    fig = Figure(figsize=(max(5.0, 0.6 * len(heads) + 2), 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(heads))
+    ax.bar(x - 0.2, heads["lstsq_coef"], 0.4, label="least-squares coefficient")
+    ax.bar(x + 0.2, heads["part_gain"], 0.4, label="linearised gain (part . input / |input|^2)")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, heads["component"], rotation=45, ha="right")
+    ax.set_ylabel("> 0 amplify, < 0 erase")
+    ax.set_title(f"MLP {layer} at the last position: amplify or erase each head")
+    ax.legend(fontsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return fig
+
+
+def mlp_layers_figure(layers: pd.DataFrame) -> "Figure":
+    """Per layer: the MLP's mean DLA to the answer, and the share of prompts with answer/subject in its top 10."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(layers["layer"], layers["mlp_dla"], color="C0", label="mean DLA to answer")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("logit diff")
+    ax2 = ax.twinx()
+    ax2.plot(layers["layer"], layers["answer_top10_share"], "o-", color="C3", label="answer in top 10")
+    ax2.plot(layers["layer"], layers["subject_top10_share"], "s--", color="C2", label="subject in top 10")
+    ax2.set_ylim(0, 1.05)
+    ax2.set_ylabel("share of prompts")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
+    ax.set_title("What each MLP writes at the last position")
+    return fig

@@ -1,0 +1,28 @@
+"""Logit lens and projections."""
+
+from __future__ import annotations
+
+import torch
+
+from hopscope.engine import run, run_with_cache
+from hopscope.lenses import logit_lens, project
+
+
+def test_last_layer_lens_equals_model_output(tiny_model):
+    lm = tiny_model
+    prompt = "The capital of France is"
+    _, acts = run_with_cache(lm, [prompt], components=("resid_post",))
+    lens_logits = project(lm, acts["resid_post", lm.n_layers - 1][0, -1])
+    model_logits = run(lm, [prompt]).logits[0, -1]
+    assert (lens_logits - model_logits).abs().max().item() <= 1e-4
+
+
+def test_logit_lens_table(tiny_llama):
+    df = logit_lens(tiny_llama, "The capital of France is", [" Paris"], k=3, components=("resid_post", "mlp_out"))
+    assert len(df) == 2 * tiny_llama.n_layers
+    assert set(df["component"]) == {"resid_post", "mlp_out"}
+    assert df["rank[ Paris]"].between(0, tiny_llama.d_vocab - 1).all()
+    assert all(len(t) == 3 for t in df["top_tokens"])
+    last = df[(df.component == "resid_post") & (df.layer == tiny_llama.n_layers - 1)].iloc[0]
+    logits = run(tiny_llama, ["The capital of France is"]).logits[0, -1]
+    assert last["top_tokens"][0] == tiny_llama.tokenizer.decode([int(logits.argmax())])
