@@ -42,7 +42,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, nargs="+", default=None, help="default: every layer")
     ap.add_argument("--batch-size", type=int, default=96)
     ap.add_argument("--positions", nargs="+", default=["all", "last"], choices=["all", "last"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import hopscope
     from hopscope.models import tiny

@@ -31,7 +31,9 @@ def train_kth_smallest_cmd(
     layers: int = typer.Option(4, help="GPT-2 layers (from scratch)."),
     heads: int = typer.Option(4, help="Attention heads per layer."),
     width: int = typer.Option(128, help="Model width d_model."),
+    tokenizer: str = typer.Option("numbers", help="From scratch: numbers (one token per value, fast) | gpt2 (BPE)."),
     base: Optional[str] = typer.Option(None, help="Fine-tune this model (hub id / folder) instead of a new GPT-2."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (1 is often fastest for small models)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Train a GPT-2 (4 layers, width 128 by default) from scratch on the k-th smallest task."""
@@ -39,6 +41,7 @@ def train_kth_smallest_cmd(
     from hopscope.train.kth_smallest import GPT2Arch, train_kth_smallest
     from hopscope.train.last_token import TrainConfig
 
+    _set_threads(threads)
     task = KthSmallestConfig(n=n, k=k, pool_size=pool_size, n_train=n_train, seed=seed)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=max(1, min(250, steps)))
     model = None
@@ -52,7 +55,7 @@ def train_kth_smallest_cmd(
         typer.echo(f"step {row['step']:>6}  loss {row['train_loss']:.4f}  val acc {row.get('val_accuracy', float('nan')):.3f}"
                    f"  ({row['seconds']:.0f}s)")
 
-    result = train_kth_smallest(task, cfg, model=model, arch=arch, out=out, progress=show)
+    result = train_kth_smallest(task, cfg, model=model, arch=arch, tokenizer=tokenizer, out=out, progress=show)
     typer.echo(f"test accuracy {result.metrics['test_accuracy']:.4f} (chance {result.metrics['chance_accuracy']:.4f}); "
                f"model saved to {result.folder}")
 
@@ -69,6 +72,10 @@ def probe_cmd(
     corruption: bool = typer.Option(True, help="Run the corruption analysis."),
     n: int = typer.Option(16, help="List length when the model folder has no task settings."),
     k: int = typer.Option(2, help="k when the model folder has no task settings."),
+    proofwriter: Optional[Path] = typer.Option(None, help="Probe real-text reasoning on this ProofWriter jsonl "
+                                               "file instead of the k-th smallest task."),
+    limit: Optional[int] = typer.Option(None, help="At most this many ProofWriter questions."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
     seed: int = typer.Option(0),
 ) -> None:
     """MechanisticProbe study: accuracy, probe scores vs random init, layer-wise curves, head entropy,
@@ -80,6 +87,10 @@ def probe_cmd(
     from hopscope.report import RunFolder
     from hopscope.train.kth_smallest import load_task_info
 
+    _set_threads(threads)
+    if proofwriter is not None:
+        _probe_proofwriter(model, proofwriter, out, limit, per_head, query, normalize, seed)
+        return
     settings = ProbeSettings(per_head=per_head, query=query, normalize=normalize, seed=seed)
     sizes = {key: v for key, v in dict(n_probe=n_probe, n_eval=n_eval).items() if v is not None}
     config = (StudyConfig.full if full else StudyConfig.quick)(settings=settings, corruption=corruption, **sizes)
@@ -100,6 +111,47 @@ def probe_cmd(
                f"S {s['S_useful']:.3f}); F1 step {s['f1_step']:.3f} (random {s['f1_random_step']:.3f}, "
                f"S {s['S_step']:.3f})")
     typer.echo(f"run folder: {run.path}")
+
+
+def _probe_proofwriter(model: str, path: Path, out: Optional[Path], limit: Optional[int], per_head: bool,
+                       query: str, normalize: str, seed: int) -> None:
+    from hopscope.data.loaders.proofwriter import load_proofwriter
+    from hopscope.methods.probe import ProbeSettings, proofwriter_items, run_text_probe_study
+    from hopscope.models import load_model
+    from hopscope.report import RunFolder
+
+    records = list(load_proofwriter(path))[:limit]
+    items = proofwriter_items(records)
+    if len(items) < 2:
+        raise typer.BadParameter(f"{path} has {len(items)} questions with a proof; the probe needs two or more")
+    query = "mean" if query == "last" else query  # statements precede the question: pool its rows by default
+    settings = ProbeSettings(per_head=per_head, query=query, normalize=normalize, seed=seed)
+    args = dict(model=model, proofwriter=str(path), limit=limit, per_head=per_head, query=query, normalize=normalize)
+    run = RunFolder.create("probe", args, out=out, seed=seed)
+    with run:
+        m = load_model(model)
+        run.set_model(m)
+        run.set_dataset(path.stem, str(path))
+        result = run_text_probe_study(m, items, settings=settings, seed=seed)
+        for name, df in result["tables"].items():
+            run.write_table(name, df)
+        for name, fig in result["figures"].items():
+            run.save_figure(name, fig)
+        s = result["summary"]
+        run.add_section("MechanisticProbe on ProofWriter",
+                        text="Theory sentences are the statements; those the proof uses are useful, labelled with "
+                             "the proof step that uses them. Features pool the question's attention rows.",
+                        figures=list(result["figures"]), tables={"scores": "probe_scores", "accuracy": "accuracy"},
+                        headline={k: round(v, 3) for k, v in s.items() if k.startswith(("S_", "accuracy"))})
+    typer.echo(f"{s['n_items']} questions; F1 useful {s['f1_useful']:.3f} (S {s['S_useful']:.3f}); "
+               f"F1 step {s['f1_step']:.3f} (S {s['S_step']:.3f}); run folder: {run.path}")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _training_table(info: dict):

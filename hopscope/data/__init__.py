@@ -18,14 +18,14 @@ from hopscope.data.knowledge import (
     subset_counts,
 )
 from hopscope.data.records import ChoiceQuery, ProofQuery, RecordError, SingleHopQuery, TwoHopQuery
-from hopscope.data.spans import SpanNotFound, char_span, model_token_span, token_span
+from hopscope.data.spans import SpanNotFound, char_span, find_token_span, model_token_span, token_span
 from hopscope.data.templates import COMPOSITIONS, RELATIONS, fill
 from hopscope.data.world_facts import ATTRIBUTION
 
 __all__ = [
     "ATTRIBUTION", "COMPOSITIONS", "ChoiceQuery", "Dataset", "ProofQuery", "RELATIONS", "RecordError",
     "SingleHopQuery", "SpanNotFound", "TwoHopQuery", "accuracy_table", "answer_token_table", "build_single_hop",
-    "build_two_hop", "build_world_facts", "char_span", "classify", "evaluate_single_hop", "fill",
+    "build_two_hop", "build_world_facts", "char_span", "classify", "evaluate_single_hop", "fill", "find_token_span",
     "knowledge_filter", "model_token_span", "normalize", "parse_list_string", "relation_facts",
     "restrict_unambiguous", "score_prompts", "shortcut_report", "subset_counts", "token_span",
 ]

@@ -66,7 +66,7 @@ def _collect_facts(relation: str) -> list[Fact]:
     if relation == "country_currency":
         return [Fact(c.name, c.currency, c.currency_aliases, c.population) for c in cs if c.currency]
     if relation == "country_language":
-        return [Fact(c.name, c.languages[0], c.languages[1:6], c.population) for c in cs if c.languages]
+        return [Fact(c.name, c.languages[0], c.languages[1:4], c.population) for c in cs if c.languages]
     if relation == "country_continent":
         return [Fact(c.name, c.continent, c.continent_aliases, c.population) for c in cs if c.continent]
     if relation == "country_demonym":

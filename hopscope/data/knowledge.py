@@ -48,6 +48,31 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, unit="prompt", leave=False)
 
 
+def greedy_with_logits(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 8):
+    """One left-padded prompt pass that returns both the last-position logits ``[b, V]`` and the
+    greedy continuation ``[b, max_new_tokens]`` (KV cache reused), so scoring and generation do
+    not each pay for the prompt. No interventions: this is the plain model, which the engine
+    reproduces exactly without interventions."""
+    import torch
+
+    batch = model.encode(list(prompts))
+    mask, pos = batch.attention_mask, batch.position_ids[:, -1]
+    with torch.no_grad():
+        out = model.model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                          use_cache=True, logits_to_keep=1)
+        last = out.logits[:, -1].float()
+        tokens = [last.argmax(-1)]
+        past = out.past_key_values
+        for _ in range(max_new_tokens - 1):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = pos + 1
+            step = model.model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=pos[:, None],
+                               past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = step.past_key_values
+            tokens.append(step.logits[:, -1].argmax(-1))
+    return last, torch.stack(tokens, dim=1)
+
+
 def score_prompts(model: Any, prompts: Sequence[str], targets: Sequence[Sequence[str]], *, batch_size: int = 32,
                   max_new_tokens: int = 8, progress: bool = True, desc: str = "scoring") -> pd.DataFrame:
     """Score each prompt against its target answers (the first is the main answer).
@@ -56,26 +81,11 @@ def score_prompts(model: Any, prompts: Sequence[str], targets: Sequence[Sequence
     ``rank`` of the main answer's first token (rank 0 = top-1), ``alias_rank`` (best rank over all
     the answers' first tokens) and ``top_token``. Identical prompts run once; rows are batched.
     """
-    import torch
-
-    from hopscope.engine import run
-    from hopscope.engine.answers import alias_match, first_token_id, greedy_texts, score_tokens
+    from hopscope.engine.answers import alias_match, first_token_id, score_tokens
 
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} target lists")
     tok = model.tokenizer
-    unique_prompts = list(dict.fromkeys(prompts))
-    logits_last: dict[str, torch.Tensor] = {}
-    texts: dict[str, str] = {}
-    with _progress(len(unique_prompts), desc, progress) as bar:
-        for i in range(0, len(unique_prompts), batch_size):
-            chunk = unique_prompts[i:i + batch_size]
-            res = run(model, chunk, last_only=True)
-            for p, row in zip(chunk, res.logits):
-                logits_last[p] = row
-            for p, t in zip(chunk, greedy_texts(model, chunk, max_new_tokens=max_new_tokens, batch_size=batch_size)):
-                texts[p] = t
-            bar.update(len(chunk))
     ids_cache: dict[str, int] = {}
 
     def tid(answer: str) -> int:
@@ -86,22 +96,36 @@ def score_prompts(model: Any, prompts: Sequence[str], targets: Sequence[Sequence
                 ids_cache[answer] = -1
         return ids_cache[answer]
 
+    needed: dict[str, set[int]] = {}  # unique prompt -> first-token ids to score there
+    for p, answers in zip(prompts, targets):
+        needed.setdefault(p, set()).update(t for t in map(tid, answers) if t >= 0)
+    scored: dict[str, dict[int, tuple[float, int]]] = {}  # prompt -> token id -> (prob, rank)
+    texts: dict[str, str] = {}
+    top: dict[str, str] = {}
+    with _progress(len(needed), desc, progress) as bar:
+        unique_prompts = list(needed)
+        for i in range(0, len(unique_prompts), batch_size):
+            chunk = unique_prompts[i:i + batch_size]
+            last, tokens = greedy_with_logits(model, chunk, max_new_tokens=max_new_tokens)
+            for p, row, ids in zip(chunk, last, tokens.tolist()):
+                texts[p] = tok.decode(ids, skip_special_tokens=True)
+                top[p] = tok.decode([ids[0]])
+                want = sorted(needed[p])
+                if want:
+                    s = score_tokens(row[None].expand(len(want), -1), want)
+                    scored[p] = {t: (float(pr), int(rk)) for t, pr, rk in zip(want, s["prob"], s["rank"])}
+                else:
+                    scored[p] = {}
+            bar.update(len(chunk))
     rows = []
     for p, answers in zip(prompts, targets):
-        logits = logits_last[p][None]
-        ranks = {}
-        for a in answers:
-            t = tid(a)
-            if t >= 0 and t not in ranks:
-                s = score_tokens(logits, [t])
-                ranks[t] = (float(s["prob"][0]), int(s["rank"][0]))
-        main = tid(answers[0]) if answers else -1
-        prob, rank = ranks.get(main, (float("nan"), -1))
+        ranks = {t: scored[p][t] for t in map(tid, answers) if t >= 0}
+        prob, rank = ranks.get(tid(answers[0]) if answers else -1, (float("nan"), -1))
         rows.append({
             "text": texts[p], "match": alias_match(texts[p], list(answers)),
             "prob": prob, "rank": rank,
             "alias_rank": min((r for _, r in ranks.values()), default=-1),
-            "top_token": tok.decode([int(logits[0].argmax())]),
+            "top_token": top[p],
         })
     return pd.DataFrame(rows)
 
@@ -156,33 +180,31 @@ def knowledge_filter(model: Any, dataset: Dataset | Sequence[Record], *, criteri
     path = _cache_path(model, ds, settings, cache_dir)
     if use_cache and path.is_file():
         return classify(pd.read_parquet(path), criterion)
-    base = pd.DataFrame([{
-        "qid": r.qid, "composition": r.relation, "r1": r.r1, "r2": r.r2, "e1": r.e1, "e2": r.e2, "e3": r.e3,
-        "shortcut_prone": bool(r.meta.get("shortcut_prone", False)),
-    } for r in ds])
+    empty = {"text": None, "match": False, "prob": float("nan"), "rank": -1, "alias_rank": -1, "top_token": None}
+    rows: list[dict[str, Any]] = []
     prompts, targets, owners = [], [], []
     for j, r in enumerate(ds):
         assert isinstance(r, TwoHopQuery)
+        row: dict[str, Any] = {"qid": r.qid, "composition": r.relation, "r1": r.r1, "r2": r.r2, "e1": r.e1,
+                               "e2": r.e2, "e3": r.e3, "shortcut_prone": bool(r.meta.get("shortcut_prone", False))}
         for kind, (attr, target) in PROMPTS.items():
             p = getattr(r, attr)
-            base.loc[j, f"{kind}_prompt"] = p
+            row[f"{kind}_prompt"] = p
+            row.update({f"{kind}_{k}": v for k, v in empty.items()})  # a missing prompt keeps these
             if p:
                 prompts.append(p)
                 targets.append(r.bridge_answers if target == "bridge" else r.all_answers)
                 owners.append((j, kind))
+        rows.append(row)
     scores = score_prompts(model, prompts, targets, batch_size=batch_size, max_new_tokens=max_new_tokens,
                            progress=progress, desc=f"knowledge filter ({len(ds)} queries)")
     for (j, kind), s in zip(owners, scores.to_dict("records")):
-        for col, v in s.items():
-            base.loc[j, f"{kind}_{col}"] = v
-    for kind in PROMPTS:  # shortcut prompts may be missing for every row of a loader
-        for col, default in (("text", None), ("match", False), ("prob", float("nan")), ("rank", -1),
-                             ("alias_rank", -1), ("top_token", None), ("prompt", None)):
-            if f"{kind}_{col}" not in base:
-                base[f"{kind}_{col}"] = default
-        base[f"{kind}_match"] = base[f"{kind}_match"].fillna(False).astype(bool)
+        rows[j].update({f"{kind}_{k}": v for k, v in s.items()})
+    base = pd.DataFrame(rows)
+    for kind in PROMPTS:
+        base[f"{kind}_match"] = base[f"{kind}_match"].astype(bool)
         for col in ("rank", "alias_rank"):
-            base[f"{kind}_{col}"] = base[f"{kind}_{col}"].fillna(-1).astype(int)
+            base[f"{kind}_{col}"] = base[f"{kind}_{col}"].astype(int)
     base["model"] = getattr(model, "name", "")
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)

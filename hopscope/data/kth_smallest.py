@@ -132,14 +132,19 @@ def size_ranks(numbers: Sequence[int]) -> np.ndarray:
     return ranks
 
 
+def _one_token(tokenizer, text: str) -> bool:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return len(ids) == 1 and ids[0] != tokenizer.unk_token_id
+
+
 def check_pool(tokenizer, pool: Sequence[int]) -> None:
-    """Raise a ValueError naming the first pool value that is not one token (alone or after a space)."""
+    """Raise a ValueError naming the first pool value that is not one known token (alone or after a space)."""
     for v in pool:
         for text in (str(v), f" {v}"):
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) != 1:
-                raise ValueError(
-                    f"pool value {v} is not one token for this tokenizer: {text!r} -> {len(ids)} tokens {ids}")
+            if not _one_token(tokenizer, text):
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+                raise ValueError(f"pool value {v} is not one token for this tokenizer: {text!r} -> {ids}"
+                                 f"{' (unknown token)' if ids == [tokenizer.unk_token_id] else ''}")
 
 
 def single_token_values(tokenizer, size: int, *, start: int = 0, stop: int = 100_000) -> tuple[int, ...]:
@@ -147,8 +152,7 @@ def single_token_values(tokenizer, size: int, *, start: int = 0, stop: int = 100
     found: list[int] = []
     v = start
     while len(found) < size and v < stop:
-        if (len(tokenizer(str(v), add_special_tokens=False)["input_ids"]) == 1
-                and len(tokenizer(f" {v}", add_special_tokens=False)["input_ids"]) == 1):
+        if _one_token(tokenizer, str(v)) and _one_token(tokenizer, f" {v}"):
             found.append(v)
         v += 1
     if len(found) < size:

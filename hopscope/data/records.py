@@ -88,9 +88,11 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return int(value)
         if isinstance(value, str):
             try:
-                return int(value.strip())
+                number = float(value.strip())
             except ValueError:
-                pass
+                number = float("nan")
+            if number.is_integer():
+                return int(number)
         raise RecordError(f"expected an integer, got {value!r}", field=name)
     if origin is list:
         if isinstance(value, str):

@@ -123,3 +123,12 @@ def span_tokens(tokenizer: Any, prompt: str, span: Span, *, add_special_tokens: 
     """The token strings inside a token span (handy for checking a located span)."""
     ids = list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
     return [tokenizer.decode([i]) for i in ids[span[0]: span[1]]]
+
+
+def find_token_span(tokenizer: Any, prompt: str, span: Span | str, **kwargs: Any) -> Span | None:
+    """:func:`token_span`, or ``None`` when the text is not in the prompt (for batch code that
+    skips such rows instead of stopping)."""
+    try:
+        return token_span(tokenizer, prompt, span, **kwargs)
+    except SpanNotFound:
+        return None

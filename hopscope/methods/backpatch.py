@@ -214,13 +214,31 @@ def layer_pairs(layers: Sequence[int], condition: str) -> list[tuple[int, int]]:
     raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
 
 
+def patch_value(condition: str, h_s: torch.Tensor, other_s: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """The vector written at block t: ``h_s`` (back/forward), a random vector of norm ``||h_s||``
+    (random), or the unrelated prompt's state ``other_s`` (unrelated)."""
+    if condition in ("back", "forward"):
+        return h_s
+    if condition == "random":
+        r = torch.randn(h_s.shape, generator=generator, dtype=torch.float32)
+        return (r / r.norm() * h_s.float().norm()).to(h_s.dtype)
+    if condition == "unrelated":
+        if other_s is None:
+            raise ValueError("the unrelated control needs the other prompt's state")
+        return other_s
+    raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
+
+
 def _seed(seed: int, *parts: object) -> int:
     return (seed * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % (2 ** 63)
 
 
-def _resid(lm: "LoadedModel", prompt: str, position: int, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+def _resid(lm: "LoadedModel", prompt: str, positions: Sequence[int], layers: Sequence[int]
+           ) -> dict[int, dict[int, torch.Tensor]]:
+    """``{position: {layer: resid_post}}`` of one clean run of ``prompt``."""
     _, acts = run_with_cache(lm, prompt, components=("resid_post",), layers=layers)
-    return {l: acts["resid_post", l][0, position].clone() for l in layers}
+    return {p: {l: acts["resid_post", l][0, p].clone() for l in layers} for p in positions}
 
 
 def backpatch_query(
@@ -259,9 +277,11 @@ def backpatch_query(
     specs: list[dict[str, Any]] = [{"variant": "last", "condition": "clean", "s": -1, "t": -1}]
     rows: list[list[Intervention]] = [[]]
     starts: list[int] = [n - 1]
+    where = {v: n - 1 if v == "last" else first_hop_position(lm, query) for v in variants}
+    states = _resid(lm, query.prompt, sorted(set(where.values())), layers)
     for variant in variants:
-        pos = n - 1 if variant == "last" else first_hop_position(lm, query)
-        h = _resid(lm, query.prompt, pos, layers)
+        pos = where[variant]
+        h = states[pos]
         conds = conditions if variant == "last" else variant_conditions
         gen = torch.Generator().manual_seed(_seed(seed, qid, variant))
         h_other = None
@@ -269,16 +289,10 @@ def backpatch_query(
             other_pos = -1
             if variant != "last" and not isinstance(unrelated, str) and unrelated is not None:
                 other_pos = first_hop_position(lm, unrelated)
-            h_other = _resid(lm, other_prompt, other_pos, layers)
+            h_other = _resid(lm, other_prompt, [other_pos], layers)[other_pos]
         for cond in conds:
             for s, t in layer_pairs(layers, cond):
-                if cond in ("back", "forward"):
-                    value = h[s]
-                elif cond == "random":
-                    r = torch.randn(h[s].shape, generator=gen, dtype=torch.float32)
-                    value = (r / r.norm() * h[s].float().norm()).to(h[s].dtype)
-                else:
-                    value = h_other[s]
+                value = patch_value(cond, h[s], None if h_other is None else h_other[s], gen)
                 specs.append({"variant": variant, "condition": cond, "s": s, "t": t})
                 rows.append([replace(Site(t, "resid_post", pos), value)])
                 starts.append(pos)
@@ -474,8 +488,10 @@ def run_study(lm: "LoadedModel", queries: Sequence[Any], run, options: StudyOpti
                                 ("keep_rate", right, "still-correct rate (correct compositions)")):
             if ids:
                 m = fix_rate_matrix(pairs, ids)
+                top = float(m.max().max()) if m.notna().any().any() else 0.0
                 run.save_figure(name, heatmap(m, title=f"Back (s>t, below diagonal) vs forward (s<t) patching: {what}",
-                                              colorbar_label="fraction of queries correct", vmin=0.0))
+                                              colorbar_label=f"fraction of {len(ids)} queries correct", vmin=0.0,
+                                              vmax=max(top, 0.01)))
                 figs.append(name)
         sub = qtab[qtab["group"] == "incorrect"]
         oracle = {cond + ("" if var == "last" else f" @{var}"): float(g["any_correct"].mean())
@@ -514,9 +530,9 @@ def run_study(lm: "LoadedModel", queries: Sequence[Any], run, options: StudyOpti
                 head[f"median {dict(res.BOX_MEASURES)[r['measure']]} layer ({r['group']})"] = r["median_layer"]
         data = res.box_data(summary)
         figs = []
-        if any(data.values()):
+        if data:
             run.save_figure("resolution_layers", box_by_group(
-                {k: v for k, v in data.items() if v}, title="Layer at which e2 (bridge) and e3 (answer) resolve",
+                data, title="Layer at which e2 (bridge) and e3 (answer) resolve (resolved / queries per box)",
                 ylabel="layer"))
             figs.append("resolution_layers")
         sections.append(("Resolution layers", figs, {"by group": by_group, "per query": "summary"}, (

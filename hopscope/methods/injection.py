@@ -32,7 +32,7 @@ MEMORY_SOURCES = ("unembed", "embed", "attn")
 POSITIONS = ("all", "last")
 METHODS = ("shared", "engine")
 SEED_TAUS: tuple[float, ...] = tuple(float(t) for t in range(1, 16))
-REL_STEPS: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)
+REL_STEPS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def score_rows(logits: torch.Tensor, answer_id: int, p0: float, logp0: float) ->
     s = score_tokens(logits, [answer_id] * logits.shape[0])
     p1, lp1 = s["prob"].double().numpy(), s["logprob"].double().numpy()
     return {"p1": p1, "logp1": lp1, "rank1": s["rank"].numpy(),
-            "pct_change": 100.0 * (p1 - p0) / max(p0, 1e-30), "dlogp": lp1 - logp0}
+            "change_pct": 100.0 * (p1 - p0) / max(p0, 1e-30), "dlogp": lp1 - logp0}
 
 
 SUMMARY_KEYS = ("prompt_kind", "grid", "layer", "step", "tau", "memory_kind")
@@ -248,7 +248,7 @@ def summarize(rows: pd.DataFrame, by: Sequence[str] = SUMMARY_KEYS) -> pd.DataFr
     by = [c for c in by if c in rows.columns]
     g = rows.assign(improved=rows.p1 > rows.p0).groupby(by, sort=True, dropna=False)
     out = g.agg(n=("p1", "size"), n_prompts=("qid", "nunique"), p0=("p0", "mean"), p1=("p1", "mean"),
-                mean_pct=("pct_change", "mean"), median_pct=("pct_change", "median"),
+                mean_pct=("change_pct", "mean"), median_pct=("change_pct", "median"),
                 share_improved=("improved", "mean"), mean_dlogp=("dlogp", "mean"),
                 median_dlogp=("dlogp", "median"))
     return out.reset_index()
@@ -271,3 +271,56 @@ def best_cell(summary: pd.DataFrame, criterion: str = "mean_dlogp", memory_kind:
 def answer_id(lm: "LoadedModel", answer: str) -> int:
     """First token of the answer (``" Paris"``); ValueError naming the answer if it tokenizes to nothing."""
     return first_token_id(lm.tokenizer, answer)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one prompt x many (cell, memory) rows
+Memory = tuple[str, int, str]  # (kind, index within the kind, text)
+
+
+def baseline(lm: "LoadedModel", prompts: Sequence[str], answers: Sequence[str], batch_size: int = 32) -> pd.DataFrame:
+    """Probability, log-prob and rank of each answer's first token before any injection."""
+    logits = clean_logits(lm, prompts, batch_size)
+    ids = [answer_id(lm, a) for a in answers]
+    s = score_tokens(logits, ids)
+    return pd.DataFrame({"prompt": list(prompts), "answer": list(answers), "answer_id": ids,
+                         "p0": s["prob"].double().numpy(), "logp0": s["logprob"].double().numpy(),
+                         "rank0": s["rank"].numpy()})
+
+
+def injection_rows(
+    lm: "LoadedModel",
+    prompt: str,
+    answer: str,
+    cells: Sequence[Cell],
+    memories: Sequence[Memory],
+    bank: MemoryBank,
+    *,
+    p0: float | None = None,
+    logp0: float | None = None,
+    positions: str = "all",
+    method: str = "shared",
+    batch_size: int = 96,
+) -> pd.DataFrame:
+    """One row per (cell, memory): the answer's probability before/after injecting ``tau * memory``."""
+    if not cells or not memories:
+        raise ValueError("injection_rows needs at least one cell and one memory")
+    aid = answer_id(lm, answer)
+    if p0 is None or logp0 is None:
+        s0 = score_tokens(clean_logits(lm, [prompt]), [aid])
+        p0, logp0 = float(s0["prob"][0]), float(s0["logprob"][0])
+    texts = [m[2] for m in memories]
+    layers, vecs, meta = [], [], []
+    for cell in cells:
+        mat = bank.vectors(texts, cell.layer)
+        for (kind, idx, text), v in zip(memories, mat):
+            layers.append(cell.layer)
+            vecs.append(cell.tau * v)
+            meta.append((cell.layer, cell.grid, cell.step, cell.tau, kind, idx, text))
+    logits = inject(lm, prompt, layers, torch.stack(vecs), positions=positions, method=method,
+                    batch_size=batch_size)
+    df = pd.DataFrame(meta, columns=["layer", "grid", "step", "tau", "memory_kind", "memory_index", "memory"])
+    df["p0"], df["logp0"] = p0, logp0
+    for k, v in score_rows(logits, aid, p0, logp0).items():
+        df[k] = v
+    return df

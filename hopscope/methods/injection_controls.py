@@ -125,3 +125,19 @@ class RandomWords:
         rng = random.Random(f"{self.seed}:{key}:{index}")
         ids = rng.sample(self.pool, max(1, n_tokens))
         return self.tokenizer.decode(ids).strip()
+
+
+def load_pairs_any(path: str | Path | None = None) -> list[InjectionPair]:
+    """Pairs from a seed CSV (default: the handwritten set) or a two-hop dataset file (JSONL/CSV/Parquet)."""
+    if path is None:
+        return load_pairs()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        cols = set(pd.read_csv(path, nrows=0).columns)
+        if {"explicit_sentence", "obscure_sentence"} <= cols:
+            return load_pairs(path)
+    from hopscope.data.dataset import Dataset
+
+    return as_pairs(Dataset.load(path).two_hop())

@@ -213,11 +213,12 @@ def summary_by_group(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def box_data(summary: pd.DataFrame, measures: Sequence[tuple[str, str]] = BOX_MEASURES) -> dict[str, list[float]]:
-    """``{"<label>\\n<group>": layers}`` for :func:`hopscope.report.figures.box_by_group`."""
+    """``{"<label>\\n<group> (resolved/n)": layers}`` for :func:`hopscope.report.figures.box_by_group`."""
     data: dict[str, list[float]] = {}
     for col, label in measures:
         if col not in summary.columns:
             continue
         for group, g in summary.groupby("group", sort=True):
-            data[f"{label}\n{group}"] = pd.to_numeric(g[col], errors="coerce").dropna().tolist()
+            values = pd.to_numeric(g[col], errors="coerce").dropna().tolist()
+            data[f"{label}\n{group} ({len(values)}/{len(g)})"] = values
     return data

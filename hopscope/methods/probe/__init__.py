@@ -16,13 +16,17 @@ from hopscope.methods.probe.features import StatementFeatures, statement_feature
 from hopscope.methods.probe.items import ProbeItems, kth_items
 from hopscope.methods.probe.masking import accuracy, heads_by, masking_curve, predictions
 from hopscope.methods.probe.spans import token_spans
-from hopscope.methods.probe.study import StudyConfig, quick_train, run_probe_study, write_probe_study
+from hopscope.methods.probe.proofwriter import proof_steps, proofwriter_items, sentence_spans
+from hopscope.methods.probe.study import (
+    StudyConfig, quick_train, run_probe_study, run_text_probe_study, write_probe_study,
+)
 
 __all__ = [
     "AttentionRows", "ModelFeatures", "ProbeFit", "ProbeItems", "ProbeOutcome", "ProbeSettings",
     "StatementFeatures", "StudyConfig", "accuracy", "attention_profile", "bin_by_probe_score",
     "corruption_table", "extract", "fit_probes", "head_entropy", "heads_by", "knn_probe", "kth_items", "labels",
-    "masking_curve", "predictions", "probe_model", "probing_score", "query_attention", "quick_train",
+    "masking_curve", "predictions", "probe_model", "probing_score", "proof_steps", "proofwriter_items",
+    "query_attention", "quick_train", "run_text_probe_study", "sentence_spans",
     "random_init_like", "run_probe_study", "statement_attention", "statement_features", "token_spans",
     "write_probe_study",
 ]

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from hopscope.engine import run_with_cache
+from hopscope.engine import Site, cache, run
 
 QUERY_MODES = ("last", "mean", "max")
 
@@ -41,22 +41,19 @@ def query_attention(
     """
     if query not in QUERY_MODES:
         raise ValueError(f"unknown query mode {query!r}; choose one of {QUERY_MODES}")
+    if query_spans is not None and len(query_spans) != len(prompts):
+        raise ValueError(f"{len(query_spans)} query spans for {len(prompts)} prompts")
     attn: list[np.ndarray] = []
     top1: list[np.ndarray] = []
     for lo in range(0, len(prompts), batch_size):
         chunk = list(prompts[lo:lo + batch_size])
-        logits, acts = run_with_cache(m, chunk, components=("attn_pattern",))
-        pattern = torch.stack([acts["attn_pattern", layer] for layer in range(m.n_layers)], 1)  # [b,L,H,s,s]
-        width = pattern.shape[-1]
-        lengths = [len(m.to_ids(p)) for p in chunk]
-        top1.append(logits[:, -1].argmax(-1).cpu().numpy())
-        for i, n in enumerate(lengths):
-            p = pattern[i, :, :, width - n:, width - n:].float()  # [L, H, n, n] prompt coordinates
-            if query == "last":
-                row = p[:, :, -1]
-            else:
-                a, b = query_spans[lo + i] if query_spans is not None else (0, n)
-                rows = p[:, :, a:b]
-                row = rows.mean(2) if query == "mean" else rows.max(2).values
-            attn.append(row.cpu().numpy())
+        positions = [-1 if query == "last" else (tuple(query_spans[lo + i]) if query_spans is not None else None)
+                     for i in range(len(chunk))]
+        sites = [[Site(layer, "attn_pattern", pos) for layer in range(m.n_layers)] for pos in positions]
+        res = run(m, chunk, [[cache(s) for s in row] for row in sites], last_only=True)
+        top1.append(res.logits.argmax(-1).cpu().numpy())
+        for row, row_sites in zip(res.cache, sites):
+            p = torch.stack([row[s] for s in row_sites]).float()  # [L, H, q, length]
+            pooled = p[:, :, -1] if query == "last" else p.mean(2) if query == "mean" else p.max(2).values
+            attn.append(pooled.cpu().numpy())
     return AttentionRows(attn, np.concatenate(top1) if top1 else np.zeros(0, dtype=np.int64))

@@ -15,7 +15,7 @@ from hopscope.data.kth_smallest import KthSmallestConfig, make_split, resolve_po
 from hopscope.methods.probe.core import ProbeSettings, probe_model, random_init_like
 from hopscope.methods.probe.corruption import bin_by_probe_score, corruption_table
 from hopscope.methods.probe.entropy import attention_profile, head_entropy, statement_attention
-from hopscope.methods.probe.items import kth_items
+from hopscope.methods.probe.items import ProbeItems, kth_items
 from hopscope.methods.probe.masking import FRACTIONS, accuracy, masking_curve, target_token_ids
 from hopscope.methods.probe import plots
 
@@ -195,3 +195,38 @@ def write_probe_study(run, result: dict[str, Any]) -> None:
                   "(a useful number becomes noise, so the answer moves; a noise number stays noise). "
                   "Binned by the probe's out-of-fold probability that the rewritten number is useful."),
             tables={"by probe score": "corruption_binned"})
+
+
+def run_text_probe_study(
+    model,
+    items: ProbeItems,
+    *,
+    settings: ProbeSettings | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The probe on real-text reasoning items (e.g. :func:`proofwriter_items`) with a pretrained model:
+    accuracy of the first answer token, probe scores against random init, layer-wise curves.
+
+    Defaults pool the question's query rows (``query="mean"``) as the statements precede the question.
+    """
+    settings = replace(settings or ProbeSettings(query="mean"), seed=seed)
+    if items.targets is None:
+        raise ValueError("text probe items need targets (the answers) to report accuracy")
+    ids = target_token_ids(model.tokenizer, items.targets)
+    baseline = random_init_like(model, seed)
+    outcome = probe_model(model, items, settings, baseline=baseline)
+    acc = accuracy(model, items.prompts, ids)
+    tables = {
+        "accuracy": pd.DataFrame([dict(model="pretrained", accuracy=acc, n=len(items)),
+                                  dict(model="random_init", accuracy=accuracy(baseline, items.prompts, ids),
+                                       n=len(items))]),
+        "probe_scores": outcome.scores,
+        "layerwise": outcome.layerwise,
+    }
+    figures = {f"layerwise_{t}": plots.layerwise_figure(outcome.layerwise, t) for t in ("useful", "step")}
+    sc = outcome.scores.set_index("task")
+    summary = {"model": model.name, "n_items": len(items), "accuracy": acc, "seed": seed,
+               **{f"f1_{t}": float(sc.loc[t, "f1_model"]) for t in sc.index},
+               **{f"f1_random_{t}": float(sc.loc[t, "f1_random"]) for t in sc.index},
+               **{f"S_{t}": float(sc.loc[t, "S"]) for t in sc.index}}
+    return {"tables": tables, "figures": figures, "summary": summary}

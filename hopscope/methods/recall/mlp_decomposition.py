@@ -77,7 +77,7 @@ def least_squares(mlp_out: torch.Tensor, directions: torch.Tensor) -> tuple[torc
     return coef.float(), remainder.float()
 
 
-def mlp_decomposition(lm: "LoadedModel", lp: LastPosition, layer: int, extra_heads: Sequence[HeadId] = (),
+def decompose_mlp(lm: "LoadedModel", lp: LastPosition, layer: int, extra_heads: Sequence[HeadId] = (),
                       *, k: int = 5) -> pd.DataFrame:
     """One row per (prompt, component) of the last-position MLP output of ``layer``.
 

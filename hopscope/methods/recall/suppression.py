@@ -16,18 +16,16 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from hopscope.engine import Site, add, zero_ablate
 from hopscope.engine.answers import score_tokens
-from hopscope.engine.runner import run
+from hopscope.lenses.projection import project
 from hopscope.methods.recall.collect import LastPosition, logit_diff
-from hopscope.methods.recall.heads import run_rows
-from hopscope.methods.recall.linearize import mlp_spec
+from hopscope.methods.recall.linearize import MLPSpec, mlp_input_component, mlp_spec
 from hopscope.methods.recall.queries import RecallItem
 
 if TYPE_CHECKING:
@@ -73,6 +71,85 @@ def suppressing_heads(lp: LastPosition, k: int, train: Sequence[int] | None = No
     return [int(h) for h in torch.argsort(mean)[:k] if mean[h] < 0]
 
 
+# -- exact replay of the last layer ------------------------------------------------------------------
+@dataclass
+class LastLayerState:
+    """The last layer's inputs and outputs at some positions (any leading shape ``[...]``).
+
+    An edit confined to the last layer changes the logits at a position only through that position's
+    own last-layer computation (nothing reads the last layer's outputs at other positions), so the
+    edited logits follow exactly from these tensors: the MLP is re-run from its written-out form and
+    the result read through the final norm and the unembedding.
+    """
+
+    heads: torch.Tensor  # [..., H, d]
+    attn: torch.Tensor  # [..., d] attention output (with its bias)
+    mlp: torch.Tensor  # [..., d]
+    mlp_in: torch.Tensor  # [..., d]
+    resid_final: torch.Tensor  # [..., d]
+
+    @classmethod
+    def from_last_position(cls, lp: LastPosition, rows: Sequence[int] | None = None) -> "LastLayerState":
+        idx = list(range(lp.n)) if rows is None else list(rows)
+        return cls(lp.heads[idx, -1], lp.attn[idx, -1], lp.mlp[idx, -1], lp.mlp_in[idx, -1], lp.resid_final[idx])
+
+    @classmethod
+    def from_prompts(cls, lm: "LoadedModel", prompts: Sequence[str], *, every_position: bool = False,
+                     batch_size: int = 16) -> tuple["LastLayerState", torch.Tensor, torch.Tensor]:
+        """Run ``prompts`` once; returns the state (``[n, d]`` at the last position, or ``[n, seq, d]``),
+        the input ids ``[n, seq]`` and the attention mask (left-padded, batched to a common width)."""
+        from hopscope.engine.runner import run_with_cache
+
+        L = lm.n_layers - 1
+        mid = mlp_input_component(lm)
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("heads", "attn", "mlp", "mlp_in", "ids", "mask")}
+        width = max(len(lm.to_ids(p)) for p in prompts)
+        for s in range(0, len(prompts), batch_size):
+            chunk = list(prompts[s:s + batch_size])
+            _, acts = run_with_cache(lm, chunk, components=("head_out", "attn_out", "mlp_out", mid), layers=[L])
+            batch = lm.encode(chunk)
+            pad = width - batch.input_ids.shape[1]
+            sel = (lambda t: t[:, -1]) if not every_position else (
+                lambda t: torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (pad, 0)))
+            parts["heads"].append(sel(acts["head_out", L]).float())
+            parts["attn"].append(sel(acts["attn_out", L]).float())
+            parts["mlp"].append(sel(acts["mlp_out", L]).float())
+            parts["mlp_in"].append(sel(acts[mid, L]).float())
+            parts["ids"].append(torch.nn.functional.pad(batch.input_ids, (pad, 0), value=lm.tokenizer.pad_token_id))
+            parts["mask"].append(torch.nn.functional.pad(batch.attention_mask, (pad, 0)))
+        cat = {k: torch.cat(v) for k, v in parts.items()}
+        final = cat["mlp_in"] + cat["mlp"] + (cat["attn"] if mid == "resid_pre" else 0)
+        return cls(cat["heads"], cat["attn"], cat["mlp"], cat["mlp_in"], final), cat["ids"], cat["mask"]
+
+    def replay(self, lm: "LoadedModel", attn_delta: torch.Tensor | None = None,
+               mlp_edit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The final residual after adding ``attn_delta`` to the attention output and passing the MLP's
+        (input, output) through ``mlp_edit``; the MLP is re-run when its input changed."""
+        spec = mlp_spec(lm, lm.n_layers - 1)
+        mlp_in, mlp_out, resid = self.mlp_in, self.mlp, self.resid_final
+        if attn_delta is not None:
+            resid = resid + attn_delta
+            if not lm.adapter.parallel_residual:
+                mlp_in = mlp_in + attn_delta
+                mlp_out = spec(mlp_in)
+        if mlp_edit is not None:
+            mlp_out = mlp_edit(mlp_in, mlp_out)
+        return resid - self.mlp + mlp_out
+
+
+def final_logits(lm: "LoadedModel", resid_final: torch.Tensor) -> torch.Tensor:
+    """Logits from final residuals (final norm, unembedding, soft-capping as the model does)."""
+    return project(lm, resid_final, normalize=True)
+
+
+def _neuron_write(spec: MLPSpec, idx: Sequence[int], factor: float):
+    cols = list(idx)
+
+    def edit(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out - (1.0 - factor) * (spec.hidden(x)[..., cols] @ spec.w_out[:, cols].T)
+    return edit
+
+
 # -- causal measurement -----------------------------------------------------------------------------
 def final_layer_effects(lm: "LoadedModel", lp: LastPosition, neurons: Sequence[int] = ()) -> pd.DataFrame:
     """Per (prompt, component) of the last block, the effect of removing it at the last position.
@@ -80,30 +157,32 @@ def final_layer_effects(lm: "LoadedModel", lp: LastPosition, neurons: Sequence[i
     ``effect_logit_diff`` / ``effect_prob`` = clean minus removed: negative means the component lowers the
     correct answer (suppresses it). Components: ``block`` (attention and MLP), ``attn``, ``mlp``, each
     ``head h`` (zeroed; the MLP then sees the change), and ``neurons`` (the given group's write removed).
+    Computed exactly by replaying the last layer (equal to zero-ablating these sites with the engine).
     """
-    L = lm.n_layers - 1
-    spec = mlp_spec(lm, L) if neurons else None
-    acts = spec.hidden(lp.mlp_in[:, L]) if spec is not None else None
-    labels = ["block", "attn", "mlp"] + [f"head {h}" for h in range(lm.n_heads)]
+    st = LastLayerState.from_last_position(lp)
+    zero = lambda x, o: torch.zeros_like(o)  # noqa: E731
+    variants: dict[str, torch.Tensor] = {
+        "clean": st.resid_final,
+        "block": st.replay(lm, -st.attn, zero),
+        "attn": st.replay(lm, -st.attn),
+        "mlp": st.replay(lm, None, zero),
+    }
+    for h in range(st.heads.shape[-2]):
+        variants[f"head {h}"] = st.replay(lm, -st.heads[..., h, :])
+    if neurons:
+        variants["neurons"] = st.replay(lm, None, _neuron_write(mlp_spec(lm, lm.n_layers - 1), neurons, 0.0))
+    ids = lp.answer_ids
+    scores = {}
+    for name, resid in variants.items():
+        logits = final_logits(lm, resid)
+        scores[name] = (logit_diff(logits, ids), score_tokens(logits, ids)["prob"])
+    ld0, p0 = scores.pop("clean")
     records = []
-    for i, it in enumerate(lp.items):
-        rows = [[zero_ablate(Site(L, "attn_out", -1)), zero_ablate(Site(L, "mlp_out", -1))],
-                [zero_ablate(Site(L, "attn_out", -1))], [zero_ablate(Site(L, "mlp_out", -1))]]
-        rows += [[zero_ablate(Site(L, "head_out", -1, head=h))] for h in range(lm.n_heads)]
-        names = list(labels)
-        if neurons:
-            idx = list(neurons)
-            write = acts[i, idx] @ spec.w_out[:, idx].T
-            rows.append([add(Site(L, "mlp_out", -1), -write)])
-            names.append("neurons")
-        logits = run_rows(lm, it.prompt, [[]] + rows)
-        ids = [it.answer_id] * len(logits)
-        ld = logit_diff(logits, ids)
-        prob = score_tokens(logits, ids)["prob"]
-        for j, name in enumerate(names, start=1):
-            records.append({"qid": it.qid, "component": name, "effect_logit_diff": float(ld[0] - ld[j]),
-                            "effect_prob": float(prob[0] - prob[j]), "clean_prob": float(prob[0]),
-                            "clean_logit_diff": float(ld[0])})
+    for name, (ld, p) in scores.items():
+        for i, it in enumerate(lp.items):
+            records.append({"qid": it.qid, "component": name, "effect_logit_diff": float(ld0[i] - ld[i]),
+                            "effect_prob": float(p0[i] - p[i]), "clean_prob": float(p0[i]),
+                            "clean_logit_diff": float(ld0[i])})
     return pd.DataFrame(records)
 
 
@@ -150,8 +229,24 @@ class Mitigation:
         return {"mitigation": self.name, "kind": self.kind, "layer": self.layer,
                 "heads": ",".join(map(str, self.heads)), "n_neurons": len(self.neurons), "factor": self.factor}
 
+    def replay(self, lm: "LoadedModel", st: LastLayerState) -> torch.Tensor:
+        """Final residuals of ``st`` under this edit (exact; the edit must be on the last layer)."""
+        if self.layer not in (lm.n_layers - 1, -1):
+            raise NotImplementedError("replay covers last-layer edits; use `applied` and a full forward instead")
+        if self.kind == "heads":
+            return st.replay(lm, -(1.0 - self.factor) * st.heads[..., self.heads, :].sum(-2))
+        if self.kind == "neurons":
+            return st.replay(lm, None, _neuron_write(mlp_spec(lm, lm.n_layers - 1), self.neurons, self.factor))
+        if self.kind == "project":
+            d = (self.direction / self.direction.norm()).float()
+            if self.target == "mlp":
+                return st.replay(lm, None, lambda x, o: o - (o @ d)[..., None] * d)
+            return st.replay(lm, -(st.attn @ d)[..., None] * d)
+        raise ValueError(f"unknown mitigation kind {self.kind!r}")
+
     @contextlib.contextmanager
     def applied(self, lm: "LoadedModel") -> Iterator[None]:
+        """Install the edit as forward hooks (every position) for the duration of the block."""
         ad = lm.adapter
         handles = []
         if self.kind == "heads":
@@ -232,72 +327,64 @@ def generic_text(n_chars: int = 20000) -> tuple[str, str]:
     return text, "prose paragraphs of Python's pydoc_data.topics (stdlib language reference)"
 
 
-def perplexity(lm: "LoadedModel", text: str, *, window: int = 64, n_windows: int = 8, batch_size: int = 8) -> float:
-    """Perplexity of ``text`` in ``n_windows`` consecutive non-overlapping windows of ``window`` tokens."""
-    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    n_windows = min(n_windows, len(ids) // window)
-    if n_windows < 1:
-        raise ValueError(f"the text has {len(ids)} tokens: too short for one window of {window}")
-    chunks = torch.tensor(ids[: n_windows * window], device=lm.device).view(n_windows, window)
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for s in range(0, n_windows, batch_size):
-            x = chunks[s:s + batch_size]
-            logits = lm.model(input_ids=x, attention_mask=torch.ones_like(x)).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, x[:, 1:, None])[..., 0]
-            nll -= float(logp.sum())
-            count += logp.numel()
-    return math.exp(nll / count)
+@dataclass
+class EvalSet:
+    """Prompts (scored on their answers) or text windows (scored by perplexity), cached at the last layer."""
+
+    name: str
+    state: LastLayerState
+    answer_ids: torch.Tensor | None = None  # prompts
+    input_ids: torch.Tensor | None = None  # text windows [b, s]
+    mask: torch.Tensor | None = None
+
+    @classmethod
+    def from_items(cls, lm: "LoadedModel", name: str, items: Sequence[RecallItem]) -> "EvalSet":
+        st, _, _ = LastLayerState.from_prompts(lm, [it.prompt for it in items])
+        return cls(name, st, answer_ids=torch.tensor([it.answer_id for it in items]))
+
+    @classmethod
+    def from_last_position(cls, name: str, lp: LastPosition, rows: Sequence[int]) -> "EvalSet":
+        return cls(name, LastLayerState.from_last_position(lp, rows), answer_ids=lp.answer_ids[list(rows)])
+
+    @classmethod
+    def from_text(cls, lm: "LoadedModel", text: str, *, window: int = 64, n_windows: int = 8,
+                  name: str = "generic_text") -> "EvalSet":
+        """``n_windows`` consecutive windows of about ``window`` tokens of ``text``."""
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        n_windows = min(n_windows, len(ids) // window)
+        if n_windows < 1:
+            raise ValueError(f"the text has {len(ids)} tokens: too short for one window of {window}")
+        windows = [lm.tokenizer.decode(ids[i * window:(i + 1) * window]) for i in range(n_windows)]
+        st, input_ids, mask = LastLayerState.from_prompts(lm, windows, every_position=True)
+        return cls(name, st, input_ids=input_ids, mask=mask)
+
+    @property
+    def size(self) -> int:
+        return int(self.mask[:, 1:].sum()) if self.mask is not None else len(self.answer_ids)
+
+    def metrics(self, lm: "LoadedModel", resid: torch.Tensor) -> dict[str, float]:
+        """``prob``/``accuracy``/``logit_diff`` means for prompts, ``perplexity`` for text."""
+        logits = final_logits(lm, resid)
+        if self.answer_ids is not None:
+            s = score_tokens(logits, self.answer_ids)
+            return {"prob": float(s["prob"].mean()), "accuracy": float((s["rank"] == 0).float().mean()),
+                    "logit_diff": float(logit_diff(logits, self.answer_ids).mean())}
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, self.input_ids[:, 1:, None])[..., 0]
+        valid = (self.mask[:, 1:] * self.mask[:, :-1]).bool()
+        return {"perplexity": math.exp(float(-logp[valid].mean()))}
 
 
-def _score(lm: "LoadedModel", items: Sequence[RecallItem]) -> dict[str, np.ndarray]:
-    logits = run(lm, [it.prompt for it in items], last_only=True, batch_size=32).logits
-    ids = [it.answer_id for it in items]
-    s = score_tokens(logits, ids)
-    return {"prob": s["prob"].numpy(), "correct": (s["rank"] == 0).numpy(),
-            "logit_diff": logit_diff(logits, ids).numpy()}
-
-
-def evaluate_mitigations(
-    lm: "LoadedModel",
-    mitigations: Sequence[Mitigation],
-    test: Sequence[RecallItem],
-    *,
-    other: dict[str, Sequence[RecallItem]] | None = None,
-    text: str | None = None,
-    window: int = 64,
-    n_windows: int = 8,
-) -> pd.DataFrame:
-    """One row per (mitigation, eval set, metric) with ``before``, ``after`` and ``change``.
-
-    Eval sets: ``test`` (held-out prompts of the analysed relation: ``prob``, ``accuracy``,
-    ``logit_diff``), each relation of ``other`` (``prob``, ``accuracy``), and ``text`` (``perplexity``).
-    """
-    sets = {"held_out": list(test), **{f"other:{k}": list(v) for k, v in (other or {}).items()}}
-
-    def measure() -> dict[tuple[str, str], float]:
-        res = {}
-        for name, items in sets.items():
-            if not items:
-                continue
-            s = _score(lm, items)
-            res[name, "prob"] = float(s["prob"].mean())
-            res[name, "accuracy"] = float(s["correct"].mean())
-            if name == "held_out":
-                res[name, "logit_diff"] = float(s["logit_diff"].mean())
-        if text:
-            res["generic_text", "perplexity"] = perplexity(lm, text, window=window, n_windows=n_windows)
-        return res
-
-    base = measure()
+def evaluate_mitigations(lm: "LoadedModel", mitigations: Sequence[Mitigation],
+                         sets: Sequence[EvalSet]) -> pd.DataFrame:
+    """One row per (mitigation, eval set, metric) with ``before``, ``after``, ``change`` and ``n``."""
     rows = []
-    for mit in mitigations:
-        with mit.applied(lm):
-            after = measure()
-        for (evalset, metric), b in base.items():
-            rows.append({**mit.describe(), "eval_set": evalset, "metric": metric, "before": b,
-                         "after": after[evalset, metric], "change": after[evalset, metric] - b,
-                         "n": len(sets.get(evalset, [])) or n_windows * window})
+    for es in sets:
+        before = es.metrics(lm, es.state.resid_final)
+        for mit in mitigations:
+            after = es.metrics(lm, mit.replay(lm, es.state))
+            for metric, b in before.items():
+                rows.append({**mit.describe(), "eval_set": es.name, "metric": metric, "before": b,
+                             "after": after[metric], "change": after[metric] - b, "n": es.size})
     return pd.DataFrame(rows)
 
 
@@ -307,7 +394,7 @@ def mitigation_summary(evals: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name, g in evals.groupby("mitigation", sort=False):
         pick = lambda s, m: g[(g["eval_set"] == s) & (g["metric"] == m)]  # noqa: E731
-        ppl = pick("generic_text", "perplexity")
+        ppl = g[g["metric"] == "perplexity"]
         others = g[g["eval_set"].str.startswith("other:")]
         rows.append({
             "mitigation": name,
