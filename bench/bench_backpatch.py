@@ -29,7 +29,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--composition", default="capital_country_currency")
     ap.add_argument("--skip-sweep", action="store_true", help="skip the per-query full sweep timing")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice); "
+                    "on a shared, oversubscribed machine 1 is often fastest for both sides")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import hopscope
     from hopscope.data import build_two_hop

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny random Llama instead of the default model")
     ap.add_argument("--taus", type=float, nargs="+", default=[float(t) for t in range(1, 16)])
     ap.add_argument("--layers", type=int, nargs="+", default=None, help="default: every layer")
-    ap.add_argument("--batch-size", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--positions", nargs="+", default=["all", "last"], choices=["all", "last"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy machine)")
     args = ap.parse_args()

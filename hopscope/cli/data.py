@@ -127,8 +127,12 @@ def show_cmd(
     for rel, group in ds.by_relation().items():
         for r in group[:examples]:
             typer.echo(f"\n[{rel}] {r.qid}")
-            last = r.prompt.rsplit("\n", 1)[-1]
-            typer.echo(f"  prompt: {last!r}" + (" (+ few-shot prefix)" if "\n" in r.prompt else ""))
+            shots = r.meta.get("k_shot", 0)
+            if shots:
+                typer.echo(f"  prompt: {r.prompt.rsplit(chr(10), 1)[-1]!r} (after {shots} demonstrations)")
+            else:
+                text = r.prompt if len(r.prompt) <= 160 else "..." + r.prompt[-157:]
+                typer.echo(f"  prompt: {text!r}")
             if getattr(r, "kind", "") == "two_hop":
                 typer.echo(f"  e1={r.e1!r} -> e2={r.e2!r} -> e3={r.e3!r}  aliases={r.e3_aliases}")
             else:

@@ -49,7 +49,8 @@ def inject(
     criterion: str = typer.Option("mean_dlogp", "--criterion", help="How the best cell is chosen: mean_dlogp, "
                                   "median_dlogp, mean_pct, median_pct or share_improved."),
     random_grid: Optional[int] = typer.Option(None, "--random", help="Random memories per prompt at every cell."),
-    best_random: Optional[int] = typer.Option(None, "--best-random", help="Random memories per prompt at the best cell."),
+    best_random: Optional[int] = typer.Option(None, "--best-random",
+                                              help="Random memories per prompt at the best cell."),
     pos_words: Optional[int] = typer.Option(None, "--pos-words", help="Words per part-of-speech list (default 40)."),
     pos_per_prompt: Optional[int] = typer.Option(None, "--pos-per-prompt", help="Of those, per prompt (0: all)."),
     projection: bool = typer.Option(True, "--projection/--no-projection", help="Per-layer/per-head projections."),
@@ -202,7 +203,8 @@ def lens_show(
     width = max(len(" | ".join(map(repr, t))) for t in df.lens_top)
     typer.echo(f"{'head':>4}  {'lens top-' + str(k):<{width}}  projection top-{k}")
     for r in df.itertuples():
-        typer.echo(f"{r.head:>4}  {' | '.join(map(repr, r.lens_top)):<{width}}  {' | '.join(map(repr, r.projection_top))}")
+        lens_top, plain_top = " | ".join(map(repr, r.lens_top)), " | ".join(map(repr, r.projection_top))
+        typer.echo(f"{r.head:>4}  {lens_top:<{width}}  {plain_top}")
 
 
 def register(app: typer.Typer) -> None:

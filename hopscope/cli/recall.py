@@ -17,6 +17,8 @@ def recall_cmd(
     n: int = typer.Option(30, help="Prompts per analysis (most popular subjects first)."),
     quick: bool = typer.Option(True, "--quick/--full", help="Quick: causal check of candidate heads only and "
                                "smaller cost sets; full: every head."),
+    n_other: Optional[int] = typer.Option(None, help="Prompts per other relation for the mitigation's cost "
+                                          "(default 10 quick, 30 full)."),
     model: Optional[str] = ModelOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -44,7 +46,7 @@ def recall_cmd(
         fail("--shots needs at least one non-negative integer")
     if n < 2:
         fail("--n must be at least 2 (mean-ablation needs other subjects)")
-    args = dict(relation=relation, shots=shot_list, n=n, model=model, quick=quick)
+    args = dict(relation=relation, shots=shot_list, n=n, n_other=n_other, model=model, quick=quick)
     run = RunFolder.create("recall", args, out=out, seed=seed)
     with run:
         lm = load(model, device, dtype)
@@ -55,7 +57,8 @@ def recall_cmd(
             child = run.child(f"recall-{k}shot", dict(args, shots=k))
             child.set_model(lm)
             child.set_dataset(f"{relation}-{k}shot", queries)
-            res = recall_study(lm, queries, child, quick=quick, seed=seed, title=f"{k}-shot", progress=progress)
+            res = recall_study(lm, queries, child, quick=quick, seed=seed, n_other=n_other, title=f"{k}-shot",
+                               progress=progress)
             child.finish()
             rows.append({"shots": k, **res.headline, "seconds": res.timings.get("total")})
             typer.echo(f"{k}-shot: " + "; ".join(f"{key} {_fmt(v)}" for key, v in res.headline.items()))

@@ -235,14 +235,18 @@ def accuracy_table(table: pd.DataFrame, *, by: str = "composition") -> pd.DataFr
 def shortcut_report(table: pd.DataFrame, *, margin: float = 0.15, by: str = "composition") -> pd.DataFrame:
     """Per composition: composition accuracy vs. the shortcut accuracies (under the table's
     criterion). ``flagged`` when a shortcut comes within ``margin`` of the composition — the
-    composition can then be answered without the bridge and is not a clean compositional probe."""
+    composition can then be answered without the bridge and is not a clean compositional probe.
+    ``explained_by_shortcut``: share of the correct compositions whose shortcut is also correct."""
     rows = []
     for name, g in table.groupby(by, sort=False):
         comp = float(g["composed_ok"].mean())
         ent = float(g["entity_shortcut_ok"].mean()) if g["entity_shortcut_prompt"].notna().any() else float("nan")
         rel = float(g["relation_shortcut_ok"].mean()) if g["relation_shortcut_prompt"].notna().any() else float("nan")
         best = max((x for x in (ent, rel) if x == x), default=float("nan"))
+        right = g[g["composed_ok"]]
+        explained = float(right["shortcut"].mean()) if len(right) else float("nan")
         rows.append({by: name, "n": len(g), "composed": comp, "entity_shortcut": ent, "relation_shortcut": rel,
+                     "explained_by_shortcut": explained,
                      "flagged": bool(best == best and comp > 0 and best >= comp - margin),
                      "shortcut_prone_prior": bool(g["shortcut_prone"].any())})
     return pd.DataFrame(rows)

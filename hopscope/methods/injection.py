@@ -6,9 +6,10 @@ of the vectors of its distinct tokens: unembedding rows (``"unembed"``, the seed
 rows (``"embed"``) or the memory's own attention output at the injected layer (``"attn"``, read at its last
 token). An injection row is (layer, vector); :func:`inject` scores many rows of one prompt in few forwards:
 
-* ``positions="all"`` (the seed: every prompt position). ``method="shared"`` runs the layers below ``l``
-  once for all rows of layer ``l`` (a one-row batch widened to the rows at block ``l``), the rest in one
-  batch; ``method="engine"`` hands the rows to the engine's batched ``run``.
+* ``positions="all"`` (the seed: every prompt position). ``method="shared"`` runs one forward per chunk of
+  rows in which a clean row runs every block and each injection row joins the batch at its own layer
+  (a copy of the clean row there), so the blocks below ``l`` are never recomputed for rows of layer ``l``;
+  ``method="engine"`` hands the rows to the engine's batched ``run``.
 * ``positions="last"``: only the last position; the engine's ``run_last_position`` shares the prefix cache.
 """
 
@@ -135,42 +136,58 @@ def make_cells(
 # ---------------------------------------------------------------------------------------------------------
 # running injection rows
 @contextmanager
-def _shared_below(lm: "LoadedModel", layer: int, deltas: torch.Tensor, positions: str) -> Iterator[None]:
-    """Widen a one-row forward to ``len(deltas)`` rows at block ``layer`` and add ``deltas`` to its attn_out."""
-    rows = deltas.shape[0]
+def _staircase(lm: "LoadedModel", groups: list[tuple[int, torch.Tensor]], positions: str) -> Iterator[None]:
+    """Hooks for one forward in which injection rows join the batch at their own layer.
+
+    Row 0 is the clean prompt and runs every block; at block ``l`` the rows injected at ``l`` join as
+    copies of row 0 (so the blocks below ``l`` run once for all of them) and get their vectors added to
+    that block's attention output. ``groups``: ``(layer, deltas [n, d])`` sorted by layer.
+    """
     ad = lm.adapter
+    start = {}
+    filled = 1
+    for layer, deltas in groups:
+        start[layer] = filled
+        filled += deltas.shape[0]
 
-    def widen(module, args, kwargs):
-        hs = args[0] if args else kwargs["hidden_states"]
-        hs = hs.expand(rows, *hs.shape[1:]).contiguous()
-        if args:
-            return (hs, *args[1:]), kwargs
-        kwargs["hidden_states"] = hs
-        return args, kwargs
+    def widen(n):
+        def hook(module, args, kwargs):
+            hs = args[0] if args else kwargs["hidden_states"]
+            hs = torch.cat([hs, hs[:1].expand(n, *hs.shape[1:])])
+            if args:
+                return (hs, *args[1:]), kwargs
+            kwargs["hidden_states"] = hs
+            return args, kwargs
+        return hook
 
-    def inject(module, args, output):
-        out = output[0] if isinstance(output, tuple) else output
-        shaped = out if out.dim() == 3 else out.view(rows, -1, out.shape[-1])
-        d = deltas.to(shaped.dtype)[:, None, :]
-        if positions == "all":
-            shaped = shaped + d
-        else:
-            shaped = torch.cat([shaped[:, :-1], shaped[:, -1:] + d], dim=1)
-        new = shaped.view_as(out)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
+    def add_at(first, deltas):
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            shaped = (out if out.dim() == 3 else out.view(first + deltas.shape[0], -1, out.shape[-1])).clone()
+            rows = slice(first, first + deltas.shape[0])
+            cols = slice(None) if positions == "all" else slice(-1, None)
+            shaped[rows, cols] += deltas.to(shaped.dtype)[:, None, :]
+            new = shaped.view_as(out)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+        return hook
 
-    handles = [ad.blocks[layer].register_forward_pre_hook(widen, with_kwargs=True),
-               ad.attn[layer].register_forward_hook(inject)]
+    handles = []
     try:
+        for layer, deltas in groups:
+            handles.append(ad.blocks[layer].register_forward_pre_hook(widen(deltas.shape[0]), with_kwargs=True))
+            handles.append(ad.attn[layer].register_forward_hook(add_at(start[layer], deltas)))
         yield
     finally:
         for h in handles:
             h.remove()
 
 
-def _shared_logits(lm: "LoadedModel", ids: list[int], layer: int, deltas: torch.Tensor, positions: str) -> torch.Tensor:
+def _staircase_logits(lm: "LoadedModel", ids: list[int], layers: np.ndarray, vectors: torch.Tensor,
+                      positions: str) -> torch.Tensor:
+    """Logits ``[1 + R, vocab]`` (row 0: no injection) for rows sorted by layer."""
+    groups = [(int(l), vectors[torch.as_tensor(np.flatnonzero(layers == l))]) for l in np.unique(layers)]
     t = torch.tensor([ids], device=lm.device)
-    with torch.no_grad(), _shared_below(lm, layer, deltas, positions):
+    with torch.no_grad(), _staircase(lm, groups, positions):
         out = lm.model(input_ids=t, attention_mask=torch.ones_like(t), use_cache=False, logits_to_keep=1)
     return out.logits[:, -1].float()
 
@@ -183,11 +200,11 @@ def inject(
     *,
     positions: str = "all",
     method: str = "shared",
-    batch_size: int = 96,
+    batch_size: int = 128,
 ) -> torch.Tensor:
     """Last-position logits ``[R, vocab]`` of ``prompt`` with ``vectors[i]`` added to ``attn_out`` of ``layers[i]``.
 
-    ``positions``: ``"all"`` prompt positions or the ``"last"`` one. ``method``: ``"shared"`` (fast: layers
+    ``positions``: ``"all"`` prompt positions or the ``"last"`` one. ``method``: ``"shared"`` (fast: the blocks
     below each row's layer run once per chunk; last-position rows use the prefix KV cache) or ``"engine"``
     (the engine's batched ``run`` with ``add`` interventions). Both agree within float tolerance.
     """
@@ -216,12 +233,10 @@ def inject(
     if not ids:
         raise ValueError(f"prompt {prompt!r} tokenizes to nothing")
     order = np.argsort(layers, kind="stable")
-    layer_arr = np.asarray(layers)[order]
-    for layer in np.unique(layer_arr):
-        idx = order[layer_arr == layer]
-        for j in range(0, len(idx), batch_size):
-            rows = torch.as_tensor(idx[j:j + batch_size])
-            out[rows] = _shared_logits(lm, ids, int(layer), vectors[rows], positions).cpu()
+    for j in range(0, len(order), batch_size):
+        rows = order[j:j + batch_size]
+        out[torch.as_tensor(rows)] = _staircase_logits(lm, ids, np.asarray(layers)[rows], vectors[rows],
+                                                       positions)[1:].cpu()
     return out
 
 

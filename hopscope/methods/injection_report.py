@@ -60,7 +60,8 @@ def baseline_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: 
         f"p(answer|explicit) {head['mean p(answer | explicit)']:.4f}")
 
 
-def projection_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: "InjectionSettings", say: Say) -> None:
+def projection_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: "InjectionSettings",
+                     say: Say) -> None:
     """Per-layer attention output and per-head output through the unembedding, explicit vs obscure."""
     from hopscope.methods.layer_projection import head_matrix, layer_projection, layer_summary
     from hopscope.report import heatmap, line_curves
@@ -96,14 +97,14 @@ def projection_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s
             "head surfacing the bridge most (obscure)": f"{top_bridge[0]}.{top_bridge[1]}",
             "head surfacing the answer most (obscure)": f"{top_answer[0]}.{top_answer[1]}"}
     state.headline.update(head)
-    top_heads = (ob.groupby(["layer", "head"]).agg(answer_prob=("answer_prob", "mean"), bridge_prob=("bridge_prob", "mean"),
-                                                    js=("js", "mean")).sort_values("bridge_prob", ascending=False)
-                 .head(15).reset_index())
+    top_heads = (ob.groupby(["layer", "head"])
+                 .agg(answer_prob=("answer_prob", "mean"), bridge_prob=("bridge_prob", "mean"), js=("js", "mean"))
+                 .sort_values("bridge_prob", ascending=False).head(15).reset_index())
     run.add_section("Per-layer and per-head projections", text=(
         f"{layers_df.qid.nunique()} pairs. At the last prompt position every layer's attention output and every "
-        "head's output (residual space) go through the final norm and the unembedding. Lines: mean probability of the answer's and the "
-        "bridge entity's first token. Heatmaps: per (layer, head) means over pairs; the divergence compares "
-        "a pair's explicit and obscure prompts head by head."),
+        "head's output (residual space) go through the final norm and the unembedding. Lines: mean "
+        "probability of the answer's and the bridge entity's first token. Heatmaps: per (layer, head) means "
+        "over pairs; the divergence compares a pair's explicit and obscure prompts head by head."),
         figures=figs, tables={"per layer": summ, "heads that surface the bridge (obscure prompts)": top_heads},
         headline=head)
     say(f"projections: most divergent head {head['most divergent head (layer, head)']}")
@@ -155,12 +156,15 @@ def grid_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: "Inj
             m.columns = [f"{c:g}" for c in m.columns]
             m.columns.name = "tau" if g == "tau" else "injection / residual norm"
             figs.append(_fig(run, f"grid-{g}-{kind}", heatmap(
-                m, title=f"{kind} memory: mean change in log p(answer) ({'seed tau grid' if g == 'tau' else 'norm-scaled grid'})",
-                colorbar_label=f"mean Δ log p (clipped at ±{lim:.2g})", center=0.0, vmin=-lim, vmax=lim, ylabel="layer", annotate=False)))
+                m, title=f"{kind} memory: mean change in log p(answer) "
+                         f"({'seed tau grid' if g == 'tau' else 'norm-scaled grid'})",
+                colorbar_label=f"mean Δ log p (clipped at ±{lim:.2g})", center=0.0, vmin=-lim, vmax=lim,
+                ylabel="layer", annotate=False)))
     at = wide[(wide.layer == best.layer) & (wide.grid == best.grid) & (wide.step == best.step)].iloc[0]
     head = {"best layer": int(best.layer), "best grid": str(best.grid), "best step": float(best.step),
             "best tau": float(best.tau),
-            "search: gold mean % change": float(at.gold_mean_pct), "search: gold median % change": float(at.gold_median_pct),
+            "search: gold mean % change": float(at.gold_mean_pct),
+            "search: gold median % change": float(at.gold_median_pct),
             "search: gold share improved": float(at.gold_share_improved),
             "search: random mean % change": float(at.random_mean_pct),
             "search: random share improved": float(at.random_share_improved),
@@ -242,8 +246,10 @@ def controls_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: 
     head = {f"{focus}: n": int(g.n_prompts), f"{focus}: p0 mean": float(g.p0),
             f"{focus}: gold mean % change": float(g.mean_pct), f"{focus}: gold median % change": float(g.median_pct),
             f"{focus}: gold share improved": float(g.share_improved), f"{focus}: gold mean Δlogp": float(g.mean_dlogp),
-            f"{focus}: random mean % change": float(r.mean_pct), f"{focus}: random median % change": float(r.median_pct),
-            f"{focus}: random share improved": float(r.share_improved), f"{focus}: random mean Δlogp": float(r.mean_dlogp)}
+            f"{focus}: random mean % change": float(r.mean_pct),
+            f"{focus}: random median % change": float(r.median_pct),
+            f"{focus}: random share improved": float(r.share_improved),
+            f"{focus}: random mean Δlogp": float(r.mean_dlogp)}
     if "gold@explicit" in fs.index:
         head[f"{focus}: gold on explicit, mean Δlogp"] = float(fs.loc["gold@explicit"].mean_dlogp)
     state.headline.update(head)
@@ -326,13 +332,15 @@ def heads_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: "In
     labels = [f"h{h}" for h in table["head"]]
     figs = [_fig(run, "heads-inject", bar_chart(
                 dict(zip(labels, table.inject_mean_dlogp)), title=f"layer {layer}: gold memory into one head "
-                f"(projected on its output space, tau {tau:.3g}); heads in lens order", ylabel="mean Δ log p(answer)")),
+                f"(projected on its output space, tau {tau:.3g}); heads in lens order",
+                ylabel="mean Δ log p(answer)")),
             _fig(run, "heads-ablate", bar_chart(
                 dict(zip(labels, table.ablate_obscure_mean_dlogp)), title=f"layer {layer}: zero-ablating one head "
                 "(obscure prompts); heads in lens order", ylabel="mean Δ log p(answer)"))]
     corr = float(pd.Series(table.score).corr(pd.Series(-table.ablate_obscure_mean_dlogp), method="spearman"))
     head = {"top lens head": f"{layer}.{int(table['head'].iloc[0])}",
-            "head whose ablation hurts most": f"{layer}.{int(table.loc[table.ablate_obscure_mean_dlogp.idxmin(), 'head'])}",
+            "head whose ablation hurts most":
+                f"{layer}.{int(table.loc[table.ablate_obscure_mean_dlogp.idxmin(), 'head'])}",
             "head whose injection helps most": f"{layer}.{int(table.loc[table.inject_mean_dlogp.idxmax(), 'head'])}",
             "Spearman(lens score, ablation harm)": corr}
     state.headline.update(head)

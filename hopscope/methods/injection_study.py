@@ -15,11 +15,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
 from hopscope.methods import injection as inj
-from hopscope.methods.injection_controls import RandomWords, as_pairs, pos_word_lists, sample_words
+from hopscope.methods.injection_controls import RandomWords, as_pairs, load_pairs
 
 if TYPE_CHECKING:
     from hopscope.methods.injection_controls import InjectionPair
@@ -108,7 +107,7 @@ def usable_pairs(lm: "LoadedModel", pairs: Sequence["InjectionPair"]) -> tuple[l
 
 def injection_study(
     lm: "LoadedModel",
-    pairs: Sequence[Any],
+    pairs: Sequence[Any] | None,
     run_folder: "RunFolder | str",
     *,
     quick: bool = True,
@@ -117,7 +116,8 @@ def injection_study(
 ) -> dict[str, Any]:
     """Run every stage into ``run_folder`` (a RunFolder, or a path for a new one); returns the headline.
 
-    The caller finishes the run folder (``run.finish()``) when it passed one; a path is finished here.
+    ``pairs``: InjectionPairs or two-hop records (None: the seed's 106 handwritten pairs). The caller
+    finishes the run folder (``run.finish()``) when it passed one; a path is finished here.
     """
     from hopscope.report import RunFolder
 
@@ -127,7 +127,7 @@ def injection_study(
     say = _log(log)
     if run.config.get("model") is None:
         run.set_model(lm)
-    all_pairs = as_pairs(pairs)[: s.n_pairs]
+    all_pairs = (as_pairs(pairs) if pairs is not None else load_pairs())[: s.n_pairs]
     kept, dropped = usable_pairs(lm, all_pairs)
     if not kept:
         raise ValueError(f"no usable pairs: {dropped[:3]}")
@@ -137,7 +137,8 @@ def injection_study(
     search_ids = {p.qid for p in order[:n_search]}
     state = StudyState(kept, [p for p in kept if p.qid in search_ids], [p for p in kept if p.qid not in search_ids],
                        pd.DataFrame(), inj.MemoryBank(lm, s.source), RandomWords(lm.tokenizer, s.seed))
-    state.headline.update({"pairs": len(kept), "search prompts": len(state.search), "held-out prompts": len(state.held)})
+    state.headline.update({"pairs": len(kept), "search prompts": len(state.search),
+                           "held-out prompts": len(state.held)})
     from hopscope.methods import injection_report as rep
 
     say(f"{len(kept)} pairs ({len(dropped)} dropped), {len(state.search)} search / {len(state.held)} held-out")

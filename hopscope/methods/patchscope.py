@@ -6,11 +6,13 @@ prompt, and the model greedy-decodes. The first source layer whose decoding name
 where the bridge (resp. answer) is resolved at that position.
 
 Targets: ``repeat`` (few-shot "name: name", scored by alias match at the start of the continuation)
-and ``describe`` (few-shot "name: description", scored by an alias anywhere in its first line).
+and ``describe`` (few-shot "name: description", scored by an alias anywhere in the description, i.e.
+the continuation up to its first comma or newline).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -97,8 +99,8 @@ def patchscope_query(
             if target == "repeat":
                 hit2, hit3 = alias_match(text, e2), alias_match(text, e3)
             else:
-                line = text.strip().split("\n")[0]
-                hit2, hit3 = alias_match(line, e2, anywhere=True), alias_match(line, e3, anywhere=True)
+                item = re.split(r"[,\n]", text.strip().lstrip(":").strip())[0]  # this item's description only
+                hit2, hit3 = alias_match(item, e2, anywhere=True), alias_match(item, e3, anywhere=True)
             out.append({"query_id": query_id(query), "source": source, "position": pos, "target": target,
                         "s": s, "t": t, "text": text, "e2_hit": hit2, "e3_hit": hit3})
     return pd.DataFrame(out)

@@ -176,7 +176,8 @@ def lens_kl(lm: "LoadedModel", lens: AttentionLens, data: LensData, batch_size: 
     total = 0.0
     with torch.no_grad():
         for s in range(0, len(data), batch_size):
-            total += float(kl_to_model(lens, heads[s:s + batch_size], target_logprobs(lm, data.final[s:s + batch_size])).sum())
+            target = target_logprobs(lm, data.final[s:s + batch_size])
+            total += float(kl_to_model(lens, heads[s:s + batch_size], target).sum())
     return total / len(data)
 
 
@@ -249,7 +250,8 @@ def train_lenses(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        rec = {"step": step + 1, "seconds": time.perf_counter() - t0, **{f"kl_l{l}": v.item() for l, v in losses.items()}}
+        rec = {"step": step + 1, "seconds": time.perf_counter() - t0,
+               **{f"kl_l{l}": v.item() for l, v in losses.items()}}
         hist.append(rec)
         if progress is not None:
             progress(rec)

@@ -73,6 +73,7 @@ def test_subset_counts_and_shortcut_report():
     report = shortcut_report(t).set_index("composition")
     assert report.loc["a", "flagged"] and not report.loc["b", "flagged"]
     assert report.loc["a", "entity_shortcut"] == 1.0 and report.loc["b", "composed"] == 0.5
+    assert report.loc["a", "explained_by_shortcut"] == 1.0 and report.loc["b", "explained_by_shortcut"] == 0.0
 
 
 def test_knowledge_filter_table_and_cache(tiny_gpt2, tmp_path, monkeypatch):

@@ -46,7 +46,8 @@ def test_values_match_an_independent_projection(tiny_llama, tables):
     row = layers[(layers.qid == "b") & (layers.prompt_kind == "obscure") & (layers.layer == layer)].iloc[0]
     assert row.answer_prob == pytest.approx(float(p_attn[aid]), rel=1e-4)
     assert row.answer_rank == int((p_attn > p_attn[aid]).sum())
-    hrow = heads[(heads.qid == "b") & (heads.prompt_kind == "obscure") & (heads.layer == layer) & (heads["head"] == head)].iloc[0]
+    sel = (heads.qid == "b") & (heads.prompt_kind == "obscure") & (heads.layer == layer) & (heads["head"] == head)
+    hrow = heads[sel].iloc[0]
     assert hrow.bridge_prob == pytest.approx(float(p_head[bid]), rel=1e-4)
 
 

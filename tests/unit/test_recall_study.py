@@ -31,7 +31,7 @@ def test_recall_study_writes_tables_figures_and_exact_checks(tiny_llama, tmp_pat
     assert list(heads["rank"]) == list(range(1, len(heads) + 1))
     assert heads["drop_path"].notna().sum() >= 3  # candidates were checked causally
     evals = res.tables["mitigation_eval"]
-    assert {"held_out", "other:continent", "generic_text"} == set(evals["eval_set"])
+    assert {"train", "held_out", "other:continent", "generic_text"} == set(evals["eval_set"])
     comp = res.tables["dla_components"]
     assert comp["sum_error"].abs().max() < 1e-4
     titles = [s["title"] for s in json.loads((run.path / "sections.json").read_text())]
@@ -45,7 +45,7 @@ def test_recall_cli_runs_each_number_of_shots(tiny_llama, tmp_path, monkeypatch)
     from hopscope.cli import app
 
     monkeypatch.setattr(cli_recall, "load", lambda *a, **k: tiny_llama)
-    result = CliRunner().invoke(app, ["recall", "--relation", "capital", "--shots", "0,1", "--n", "4",
+    result = CliRunner().invoke(app, ["recall", "--relation", "capital", "--shots", "0,1", "--n", "4", "--n-other", "2",
                                       "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     run = RunFolder.open(tmp_path / "r")

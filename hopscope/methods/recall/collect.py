@@ -64,7 +64,8 @@ class LastPosition:
         return torch.einsum("nlhd,nd->nlh", self.heads, self.u)
 
     def rest_dla(self) -> dict[str, torch.Tensor]:
-        """DLA of everything that is not a head: ``embed [n]``, ``attn_bias [n, L]``, ``mlp [n, L]``, ``constant [n]``."""
+        """DLA of everything that is not a head: ``embed [n]``, ``attn_bias [n, L]``, ``mlp [n, L]``,
+        ``constant [n]``."""
         return {
             "embed": (self.embed * self.u).sum(-1),
             "attn_bias": self.u @ self.attn_bias.T,
@@ -82,7 +83,7 @@ def _attn_bias(lm: "LoadedModel") -> torch.Tensor:
     rows = []
     for layer in range(lm.n_layers):
         b = lm.adapter.out_proj_bias(layer)
-        rows.append(b.detach().float() if b is not None else torch.zeros(lm.d_model))
+        rows.append(b.detach().float().cpu() if b is not None else torch.zeros(lm.d_model))
     return torch.stack(rows)
 
 
@@ -100,19 +101,19 @@ def collect(lm: "LoadedModel", items: Sequence[RecallItem], *, batch_size: int =
         logits, acts = run_with_cache(lm, [it.prompt for it in chunk], components=comps)
         width = logits.shape[1]
         L = lm.n_layers
-        parts["logits"].append(logits[:, -1].float())
-        parts["embed"].append(acts["embed", 0][:, -1].float())
-        parts["heads"].append(torch.stack([acts["head_out", l][:, -1] for l in range(L)], 1).float())
-        parts["attn"].append(torch.stack([acts["attn_out", l][:, -1] for l in range(L)], 1).float())
-        parts["mlp"].append(torch.stack([acts["mlp_out", l][:, -1] for l in range(L)], 1).float())
-        parts["mlp_in"].append(torch.stack([acts[mid, l][:, -1] for l in range(L)], 1).float())
+        parts["logits"].append(logits[:, -1].float().cpu())
+        parts["embed"].append(acts["embed", 0][:, -1].float().cpu())
+        parts["heads"].append(torch.stack([acts["head_out", l][:, -1] for l in range(L)], 1).float().cpu())
+        parts["attn"].append(torch.stack([acts["attn_out", l][:, -1] for l in range(L)], 1).float().cpu())
+        parts["mlp"].append(torch.stack([acts["mlp_out", l][:, -1] for l in range(L)], 1).float().cpu())
+        parts["mlp_in"].append(torch.stack([acts[mid, l][:, -1] for l in range(L)], 1).float().cpu())
         pattern = torch.stack([acts["attn_pattern", l][:, :, -1] for l in range(L)], 1)  # [b, L, H, k]
         subj = []
         for r, it in enumerate(chunk):
             off = width - it.n_tokens
             a, b = it.subject_tokens
             subj.append(pattern[r, :, :, off + a: off + b].sum(-1))
-        parts["subj"].append(torch.stack(subj).float())
+        parts["subj"].append(torch.stack(subj).float().cpu())
         final = parts["mlp_in"][-1][:, L - 1] + parts["mlp"][-1][:, L - 1]
         if mid == "resid_pre":  # parallel blocks: attention and MLP both read resid_pre
             final = final + parts["attn"][-1][:, L - 1]
@@ -122,6 +123,6 @@ def collect(lm: "LoadedModel", items: Sequence[RecallItem], *, batch_size: int =
     lp = LastPosition(
         items=list(items), embed=cat["embed"], heads=cat["heads"], attn_bias=_attn_bias(lm), attn=cat["attn"],
         mlp=cat["mlp"], mlp_in=cat["mlp_in"], resid_final=cat["final"], attn_to_subject=cat["subj"],
-        logits=cat["logits"], u=u, const=const, w_u=lm.adapter.unembed_weight().detach().float(),
+        logits=cat["logits"], u=u, const=const, w_u=lm.adapter.unembed_weight().detach().float().cpu(),
     )
     return lp

@@ -86,6 +86,21 @@ def candidate_heads(summary: pd.DataFrame, k: int) -> list[HeadId]:
     return picked
 
 
+def subject_ranks(lm: "LoadedModel", lp: LastPosition, heads: Iterable[HeadId]) -> pd.DataFrame:
+    """Per head: median rank (0 = top) of the subject token in the vocabulary projection of its output, and
+    the share of prompts where it is in the top 10 (does the head write the subject?)."""
+    from hopscope.methods.recall.linearize import direction_logits
+
+    rows = []
+    for layer, head in heads:
+        logits = direction_logits(lm, lp.heads[:, layer, head])
+        chosen = logits.gather(-1, lp.subject_ids[:, None])
+        rank = (logits > chosen).sum(-1).float()
+        rows.append({"layer": layer, "head": head, "subject_rank": float(rank.median()),
+                     "subject_top10_share": float((rank < 10).float().mean())})
+    return pd.DataFrame(rows, columns=["layer", "head", "subject_rank", "subject_top10_share"])
+
+
 # -- causal check ---------------------------------------------------------------------------------
 def other_subject_means(lp: LastPosition) -> torch.Tensor:
     """``[n, L, H, d]``: for prompt i, each head's mean last-position output over prompts whose subject differs."""

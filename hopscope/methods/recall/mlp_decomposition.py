@@ -36,6 +36,16 @@ def _rank(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return (logits > chosen).sum(-1)
 
 
+def candidate_rank(logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+    """Rank (0 = top) of each prompt's answer among the distinct answers of all prompts, under the
+    prompt-specific part of ``logits`` ``[n, V]`` (the mean over prompts removed): does a component
+    single out *this* prompt's answer, like an implicit ``get_capital(X)``? Chance of rank 0: 1 / #answers."""
+    cands = torch.unique(answer_ids)
+    centered = logits - logits.mean(0, keepdim=True)
+    sub = centered[:, cands]
+    return (sub > centered.gather(-1, answer_ids[:, None])).sum(-1)
+
+
 def _top(lm: "LoadedModel", logits: torch.Tensor, k: int) -> list[str]:
     return ["|".join(lm.tokenizer.decode([t]).strip() or repr(lm.tokenizer.decode([t]))
                      for t in row) for row in logits.topk(k, -1).indices.tolist()]
@@ -70,7 +80,8 @@ def input_components(lp: LastPosition, layer: int, extra_heads: Sequence[HeadId]
 
 
 def least_squares(mlp_out: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per prompt, coefficients ``[n, k]`` of ``mlp_out`` ``[n, d]`` on ``directions`` ``[n, k, d]`` and the remainder."""
+    """Per prompt, least-squares coefficients ``[n, k]`` of ``mlp_out`` ``[n, d]`` on ``directions``
+    ``[n, k, d]``, and the remainder ``[n, d]`` (orthogonal to every direction)."""
     a = directions.transpose(1, 2).double()  # [n, d, k]
     coef = torch.linalg.lstsq(a, mlp_out.double()[..., None], driver="gelsd").solution[..., 0]
     remainder = mlp_out.double() - (a @ coef[..., None])[..., 0]
@@ -112,11 +123,14 @@ def decompose_mlp(lm: "LoadedModel", lp: LastPosition, layer: int, extra_heads: 
             "part_gain": gain.numpy(), "part_dla": (parts[:, j] * lp.u).sum(-1).numpy(),
             "subject_rank": _rank(part_logits[:, j], subj).numpy(),
             "answer_rank": _rank(part_logits[:, j], ans).numpy(),
+            "answer_cand_rank": candidate_rank(part_logits[:, j], ans).numpy(),
             "input_subject_rank": _rank(in_logits[:, j], subj).numpy(),
             "part_top": _top(lm, part_logits[:, j], k), "input_top": _top(lm, in_logits[:, j], k),
         })
         rows.append(block)
     extra = {"constant": const, "remainder": remainder}
+    if float(const.abs().max()) == 0.0:  # no biases anywhere (Llama): nothing to show
+        del extra["constant"]
     for name, vec in extra.items():
         lg = direction_logits(lm, vec)
         rows.append(pd.DataFrame({
@@ -124,11 +138,12 @@ def decompose_mlp(lm: "LoadedModel", lp: LastPosition, layer: int, extra_heads: 
             "component": name, "lstsq_coef": np.nan, "input_norm": np.nan, "part_norm": vec.norm(dim=-1).numpy(),
             "part_gain": np.nan, "part_dla": (vec * lp.u).sum(-1).numpy(),
             "subject_rank": _rank(lg, subj).numpy(), "answer_rank": _rank(lg, ans).numpy(),
-            "input_subject_rank": np.nan, "part_top": _top(lm, lg, k), "input_top": "",
+            "answer_cand_rank": candidate_rank(lg, ans).numpy(), "input_subject_rank": np.nan,
+            "part_top": _top(lm, lg, k), "input_top": "",
         }))
     df = pd.concat(rows, ignore_index=True)
-    df["mlp_norm"] = np.tile(out.norm(dim=-1).numpy(), len(names) + 2)
-    df["sum_error"] = np.tile(sum_error.numpy(), len(names) + 2)
+    df["mlp_norm"] = np.tile(out.norm(dim=-1).numpy(), len(names) + len(extra))
+    df["sum_error"] = np.tile(sum_error.numpy(), len(names) + len(extra))
     return df
 
 
@@ -143,30 +158,38 @@ def decomposition_summary(df: pd.DataFrame) -> pd.DataFrame:
     out["amplified_share"] = g["part_gain"].apply(lambda s: float((s > 0).mean()) if s.notna().any() else np.nan)
     out["subject_top10_share"] = g["subject_rank"].apply(lambda s: float((s < 10).mean()))
     out["answer_top10_share"] = g["answer_rank"].apply(lambda s: float((s < 10).mean()))
+    out["answer_cand_top1_share"] = g["answer_cand_rank"].apply(lambda s: float((s == 0).mean()))
     return out.reset_index()
 
 
 def mlp_layers(lm: "LoadedModel", lp: LastPosition) -> pd.DataFrame:
-    """One row per layer: the MLP's mean DLA to the answer and the median rank of the answer and the
-    subject in its output's vocabulary projection (which MLP writes the answer, which the subject)."""
+    """One row per layer: the MLP's mean DLA to the answer, the median rank of the answer and the subject
+    in its output's vocabulary projection, and ``answer_cand_top1_share``: how often the prompt-specific
+    part of its output ranks this prompt's answer first among all prompts' answers (see
+    :func:`candidate_rank`; ``chance`` = 1 / #answers). Which MLP writes the answer, which the subject?"""
     rows = []
     dla = lp.rest_dla()["mlp"]
+    chance = 1.0 / len(torch.unique(lp.answer_ids))
     for layer in range(lp.mlp.shape[1]):
         lg = direction_logits(lm, lp.mlp[:, layer])
         ans_rank, subj_rank = _rank(lg, lp.answer_ids), _rank(lg, lp.subject_ids)
+        cand = candidate_rank(lg, lp.answer_ids)
         rows.append({"layer": layer, "mlp_dla": float(dla[:, layer].mean()),
                      "answer_rank": float(ans_rank.float().median()),
                      "subject_rank": float(subj_rank.float().median()),
                      "answer_top10_share": float((ans_rank < 10).float().mean()),
-                     "subject_top10_share": float((subj_rank < 10).float().mean())})
+                     "subject_top10_share": float((subj_rank < 10).float().mean()),
+                     "answer_cand_top1_share": float((cand == 0).float().mean()), "chance": chance})
     return pd.DataFrame(rows)
 
 
 def decomposition_figure(summary: pd.DataFrame, layer: int) -> "Figure":
-    """Bars of the mean least-squares coefficient and the mean linearised gain per head component."""
+    """Bars of the mean least-squares coefficient and the mean linearised gain per head component (heads whose
+    output norm is under a tenth of the largest are left out: their coefficients are noise)."""
     from matplotlib.figure import Figure
 
     heads = summary[summary["component"].str.contains("H") & ~summary["component"].str.contains("bias")]
+    heads = heads[heads["input_norm"] >= 0.1 * heads["input_norm"].max()]
     fig = Figure(figsize=(max(5.0, 0.6 * len(heads) + 2), 4.0), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(heads))
@@ -192,8 +215,10 @@ def mlp_layers_figure(layers: pd.DataFrame) -> "Figure":
     ax.set_xlabel("layer")
     ax.set_ylabel("logit diff")
     ax2 = ax.twinx()
-    ax2.plot(layers["layer"], layers["answer_top10_share"], "o-", color="C3", label="answer in top 10")
-    ax2.plot(layers["layer"], layers["subject_top10_share"], "s--", color="C2", label="subject in top 10")
+    ax2.plot(layers["layer"], layers["answer_cand_top1_share"], "o-", color="C3",
+             label="answer ranked 1st among all answers (prompt-specific part)")
+    ax2.axhline(float(layers["chance"].iloc[0]), color="C3", ls=":", lw=0.8, label="chance")
+    ax2.plot(layers["layer"], layers["subject_top10_share"], "s--", color="C2", label="subject in top 10 tokens")
     ax2.set_ylim(0, 1.05)
     ax2.set_ylabel("share of prompts")
     h1, l1 = ax.get_legend_handles_labels()

@@ -1,0 +1,164 @@
+"""``hopscope study``: a compact run of every analysis on one model, into one run folder and one report.
+
+Each analysis writes a child run folder (``<study>/<analysis>/``) through its own study entry point; the
+parent's report gathers every child's sections. A resumed study skips the analyses whose child folder is
+finished and resumes the one that was interrupted (its incremental tables skip finished rows).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+ANALYSES = ("knowledge", "backpatch", "inject", "recall", "probe")
+
+
+@dataclass
+class StudySettings:
+    """What ``hopscope study`` runs; recorded in the run folder's config."""
+
+    model: str | None = None
+    queries: int = 24            # two-hop queries per composition for the knowledge filter
+    compositions: tuple[str, ...] = ()  # () = the data layer's default compositions
+    relation: str = "capital"    # single-hop relation of the recall analysis
+    recall_queries: int = 30
+    inject_pairs: int = 16
+    k_shot: int = 3
+    only: tuple[str, ...] = ANALYSES
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["compositions"], d["only"] = list(self.compositions), list(self.only)
+        return d
+
+
+@dataclass
+class Study:
+    """State shared by the analyses of one study run."""
+
+    settings: StudySettings
+    run: Any
+    lm: Any = None
+    say: Callable[[str], None] = print
+    two_hop: list = field(default_factory=list)
+    headline: dict[str, Any] = field(default_factory=dict)
+
+
+def _two_hop(study: Study) -> list:
+    from hopscope.data.builders import DEFAULT_TWO_HOP, build_two_hop
+
+    s = study.settings
+    records: list = []
+    for comp in (s.compositions or DEFAULT_TWO_HOP):
+        records += build_two_hop(comp, n=s.queries, seed=s.seed, k_shot=s.k_shot)
+    return records
+
+
+def _knowledge(study: Study, child) -> dict[str, Any]:
+    from hopscope.data.knowledge import accuracy_table, knowledge_filter, subset_counts
+    from hopscope.report import bar_chart
+
+    table = knowledge_filter(study.lm, study.two_hop, progress=True)
+    child.write_table("knowledge", table, key=["qid"])
+    counts = subset_counts(table)
+    child.write_table("subset_counts", counts.reset_index() if counts.index.name else counts)
+    acc = accuracy_table(table)
+    child.write_table("accuracy", acc.reset_index() if acc.index.name else acc)
+    overall = table["subset"].value_counts()
+    fig = bar_chart(overall.to_dict(), title="two-hop queries by knowledge subset", ylabel="queries")
+    head = {f"queries: {k}": int(v) for k, v in overall.items()}
+    child.add_section("Knowledge filter",
+                      text=(f"{len(table)} two-hop world-facts queries; each is scored on its first hop, second hop, "
+                            "composition and the two shortcut prompts (greedy decoding, alias match)."),
+                      figures=[fig], tables={"accuracy by composition": "accuracy", "subsets": "subset_counts",
+                                             "per query": "knowledge"}, headline=head)
+    return head
+
+
+def _backpatch(study: Study, child) -> dict[str, Any]:
+    from hopscope.methods.backpatch import backpatch_study
+
+    return backpatch_study(study.lm, study.two_hop, child, quick=True, seed=study.settings.seed)
+
+
+def _inject(study: Study, child) -> dict[str, Any]:
+    from hopscope.methods.injection_study import injection_study
+
+    return injection_study(study.lm, study.two_hop[: study.settings.inject_pairs * 4], child, quick=True,
+                           log=study.say)
+
+
+def _recall(study: Study, child) -> dict[str, Any]:
+    from hopscope.methods.recall.queries import relation_queries
+    from hopscope.methods.recall.study import recall_study
+
+    s = study.settings
+    queries = relation_queries(s.relation, s.recall_queries, shots=s.k_shot, seed=s.seed)
+    return recall_study(study.lm, queries, child, quick=True, seed=s.seed, progress=True,
+                        title=f"{s.k_shot}-shot").headline
+
+
+def _probe(study: Study, child) -> dict[str, Any]:
+    from hopscope.methods.probe.study import run_probe_study, write_probe_study
+
+    result = run_probe_study(None, quick=True, seed=study.settings.seed, progress=study.say)
+    write_probe_study(child, result)
+    return dict(result.get("summary", {}))
+
+
+STEPS: dict[str, Callable[[Study, Any], dict[str, Any]]] = {
+    "knowledge": _knowledge, "backpatch": _backpatch, "inject": _inject, "recall": _recall, "probe": _probe,
+}
+
+
+def run_study(settings: StudySettings, *, out: str | None = None, resume: str | None = None,
+              say: Callable[[str], None] = print):
+    """Run the selected analyses into one study run folder; returns the RunFolder (finished)."""
+    import hopscope
+    from hopscope.report import RunFolder
+
+    unknown = [a for a in settings.only if a not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown analyses {unknown}; choose from {list(STEPS)}")
+    run = RunFolder.start("study", settings.to_dict(), out=out, resume=resume, seed=settings.seed)
+    study = Study(settings, run, say=say)
+    t0 = time.monotonic()
+    try:
+        say(f"loading model {settings.model or 'smollm2-135m (default)'}")
+        study.lm = hopscope.load_model(settings.model, device=settings.device, dtype=settings.dtype)
+        run.set_model(study.lm)
+        if any(a in settings.only for a in ("knowledge", "backpatch", "inject")):
+            study.two_hop = _two_hop(study)
+            run.set_dataset("world_facts_two_hop", study.two_hop)
+        timings = {}
+        for name in settings.only:
+            child = run.child(name)
+            if child.status == "done":
+                say(f"[{name}] already finished in {child.path}; skipping")
+                study.headline.update({f"{name}: {k}": v for k, v in child.headline.items()})
+                continue
+            say(f"[{name}] running")
+            t = time.monotonic()
+            try:
+                head = STEPS[name](study, child) or {}
+            except BaseException as err:
+                child.fail(err)
+                raise
+            timings[name] = round(time.monotonic() - t, 1)
+            child.finish()
+            study.headline.update({f"{name}: {k}": v for k, v in head.items() if isinstance(v, (int, float, str))})
+            say(f"[{name}] done in {timings[name]} s")
+        run.add_section(
+            "Study", text=(f"Model {study.lm.name} ({study.lm.source}); analyses: {', '.join(settings.only)}; "
+                           f"seed {settings.seed}. Seconds per analysis in this session: {timings}. "
+                           f"Total {time.monotonic() - t0:.0f} s."),
+            headline={k: v for k, v in study.headline.items() if isinstance(v, (int, float))})
+        run.finish()
+    except BaseException as err:  # keep what finished; the report shows the run as interrupted/failed
+        run.fail(err)
+        raise
+    return run
