@@ -19,11 +19,12 @@ class StudySettings:
     """What ``hopscope study`` runs; recorded in the run folder's config."""
 
     model: str | None = None
-    queries: int = 24            # two-hop queries per composition for the knowledge filter
+    queries: int = 6             # two-hop queries per composition for the knowledge filter
     compositions: tuple[str, ...] = ()  # () = the data layer's default compositions
     relation: str = "capital"    # single-hop relation of the recall analysis
     recall_queries: int = 30
     inject_pairs: int = 16
+    backpatch_queries: int = 4   # per group (correct / incorrect composition) for back-patching
     k_shot: int = 3
     only: tuple[str, ...] = ANALYSES
     seed: int = 0
@@ -80,16 +81,22 @@ def _knowledge(study: Study, child) -> dict[str, Any]:
 
 
 def _backpatch(study: Study, child) -> dict[str, Any]:
-    from hopscope.methods.backpatch import backpatch_study
+    from hopscope.methods.backpatch import StudyOptions
+    from hopscope.methods.backpatch import run_study as backpatch_run
 
-    return backpatch_study(study.lm, study.two_hop, child, quick=True, seed=study.settings.seed)
+    n_layers = study.lm.n_layers
+    grid = list(range(0, n_layers, 3)) + ([n_layers - 1] if (n_layers - 1) % 3 else [])
+    opts = StudyOptions.quick(n_layers, seed=study.settings.seed, layers=grid, resolve_layers=grid,
+                              limit=study.settings.backpatch_queries, max_new_tokens=4)
+    return backpatch_run(study.lm, study.two_hop, child, opts)
 
 
 def _inject(study: Study, child) -> dict[str, Any]:
-    from hopscope.methods.injection_study import injection_study
+    from hopscope.methods.injection_study import InjectionSettings, injection_study
 
-    return injection_study(study.lm, study.two_hop[: study.settings.inject_pairs * 4], child, quick=True,
-                           log=study.say)
+    settings = InjectionSettings.quick(n_pairs=study.settings.inject_pairs, grid_prompts=4, layer_stride=5,
+                                       lens_steps=40, projection_pairs=6, head_pairs=4, seed=study.settings.seed)
+    return injection_study(study.lm, study.two_hop, child, settings=settings, log=study.say)
 
 
 def _recall(study: Study, child) -> dict[str, Any]:

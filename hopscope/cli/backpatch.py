@@ -14,7 +14,7 @@ DataOpt = typer.Option(None, "--data", help="Two-hop dataset file (.jsonl/.csv/.
 NOpt = typer.Option(50, "--n", help="World facts: queries per composition.")
 CompOpt = typer.Option(None, "--compositions", help="World facts: comma-separated compositions (default: all).")
 LimitOpt = typer.Option(None, "--limit", help="At most this many queries per group (correct / incorrect), seeded.")
-QuickOpt = typer.Option(False, "--quick", help="Quick settings: <=10 queries per group, every 2nd layer, 5 tokens.")
+QuickOpt = typer.Option(False, "--quick", help="Quick settings: <=8 queries per group, every 3rd layer, 5 tokens.")
 TargetsOpt = typer.Option("repeat,describe", "--patchscope-targets", help="Patchscope target prompts: repeat, describe.")
 KOpt = typer.Option(3, "--knockout-k", help="Knockout window half-width (layers c-k..c+k).")
 BatchOpt = typer.Option(128, "--batch-size", help="Patched rows per forward.")
@@ -137,7 +137,7 @@ def resolve_cmd(
         if quick and grid is None:
             grid = StudyOptions.quick(lm.n_layers).resolve_layers
         return StudyOptions(backpatch=False, resolve_layers=grid, patchscope_tokens=tokens,
-                            limit=limit if limit is not None else (10 if quick else None),
+                            limit=limit if limit is not None else (8 if quick else None),
                             patchscope_targets=("repeat",) if quick else _names(targets), knockout_k=knockout_k,
                             batch_size=batch_size, prune=prune, seed=seed)
 

@@ -44,7 +44,9 @@ def inject(
     rel: Optional[str] = typer.Option(None, "--rel", help="Norm-scaled grid: injection / residual norm ratios, "
                                       "e.g. '0.25,0.5,1' ('' for none)."),
     source: str = typer.Option("unembed", "--source", help="Memory vectors: unembed, embed or attn."),
-    positions: str = typer.Option("all", "--positions", help="Inject at 'all' prompt positions (seed) or 'last'."),
+    positions: Optional[str] = typer.Option(None, "--positions", help="Inject at 'all' prompt positions (the "
+                                            "seed; default), the 'last' one, or 'auto' (last if prompts are long; "
+                                            "the --quick default)."),
     method: str = typer.Option("shared", "--method", help="shared (fast) or engine (reference)."),
     criterion: str = typer.Option("mean_dlogp", "--criterion", help="How the best cell is chosen: mean_dlogp, "
                                   "median_dlogp, mean_pct, median_pct or share_improved."),
@@ -88,7 +90,9 @@ def inject(
         over["lens_rank"] = lens_rank or None
     if over.get("grid_prompts") == 0:
         over["grid_prompts"] = None
-    over.update(source=source, positions=positions, method=method, criterion=criterion, projection=projection,
+    if positions is not None:
+        over["positions"] = positions
+    over.update(source=source, method=method, criterion=criterion, projection=projection,
                 lens=lens, seed=seed)
     if limit is not None:
         over["n_pairs"] = limit

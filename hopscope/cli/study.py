@@ -11,7 +11,7 @@ from hopscope.cli.common import DeviceOpt, DtypeOpt, ModelOpt, OutOpt, ResumeOpt
 
 def study(
     model: Optional[str] = ModelOpt,
-    queries: int = typer.Option(24, "--queries", "-n", help="Two-hop queries per composition."),
+    queries: int = typer.Option(6, "--queries", "-n", help="Two-hop queries per composition."),
     only: List[str] = typer.Option([], "--only", help="Run only these analyses (repeatable): "
                                    "knowledge, backpatch, inject, recall, probe."),
     relation: str = typer.Option("capital", "--relation", help="Single-hop relation of the recall analysis."),

@@ -411,9 +411,9 @@ class StudyOptions:
 
     @classmethod
     def quick(cls, n_layers: int, **overrides: Any) -> "StudyOptions":
-        """About 20 queries, every 2nd layer, 5 new tokens, repeat Patchscope only: a few minutes on CPU."""
-        grid = list(range(0, n_layers, 2))
-        base = dict(layers=grid, resolve_layers=grid, max_new_tokens=5, limit=10, patchscope_targets=("repeat",))
+        """At most 8 queries per group, every 3rd layer, 5 new tokens, repeat Patchscope only: ~2-3 min on CPU."""
+        grid = list(range(0, n_layers, 3))
+        base = dict(layers=grid, resolve_layers=grid, max_new_tokens=5, limit=8, patchscope_targets=("repeat",))
         return cls(**{**base, **overrides})
 
 
@@ -494,8 +494,10 @@ def run_study(lm: "LoadedModel", queries: Sequence[Any], run, options: StudyOpti
                                               vmax=max(top, 0.01)))
                 figs.append(name)
         sub = qtab[qtab["group"] == "incorrect"]
+        order = {c: i for i, c in enumerate(CONDITIONS)}
+        groups = sorted(sub.groupby(["variant", "condition"]), key=lambda kv: (kv[0][0] != "last", order[kv[0][1]]))
         oracle = {cond + ("" if var == "last" else f" @{var}"): float(g["any_correct"].mean())
-                  for (var, cond), g in sub.groupby(["variant", "condition"])}
+                  for (var, cond), g in groups}
         if oracle:
             run.save_figure("oracle", bar_chart(oracle, title=f"Oracle fix rate over {len(wrong)} incorrect "
                                                 "compositions", ylabel="fraction fixed by some (s, t)"))
@@ -541,15 +543,12 @@ def run_study(lm: "LoadedModel", queries: Sequence[Any], run, options: StudyOpti
             f"±{opt.knockout_k}-layer window whose knockout of the last token's attention to e1 changes the first "
             "answer token. Queries that never resolve are left out of the boxes (see n_resolved).")))
     head["wall seconds"] = time.monotonic() - t0
-    for title, figs, tables, text in sections:
-        run.add_section(title, text=text, figures=figs, tables=tables,
-                        headline={k: v for k, v in head.items() if _belongs(k, title)})
+    general = ("n_queries", "n_analysed", "wall seconds")
+    for i, (title, figs, tables, text) in enumerate(sections):
+        mine = {k: v for k, v in head.items()
+                if (i == 0 if k in general else k.startswith("median ") == (title == "Resolution layers"))}
+        run.add_section(title, text=text, figures=figs, tables=tables, headline=mine)
     return head
-
-
-def _belongs(key: str, title: str) -> bool:
-    resolution = key.startswith("median ")
-    return resolution if title == "Resolution layers" else not resolution
 
 
 def backpatch_study(lm: "LoadedModel", queries: Sequence[Any], run_folder, quick: bool = True, *,

@@ -125,8 +125,6 @@ def _memories(lm, state: "StudyState", pair, n_random: int) -> list[inj.Memory]:
 
 def grid_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: "InjectionSettings", say: Say) -> None:
     """Every (layer, tau) cell on the search prompts, gold and random memories; pick the best cell."""
-    from hopscope.report import heatmap
-
     state.norms = inj.residual_norms(lm, [p.obscure for p in state.search])
     state.ref = _ref_norms(state, lm, s)
     layers = list(range(0, lm.n_layers, s.layer_stride))
@@ -147,19 +145,7 @@ def grid_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: "Inj
     state.best = best = inj.best_cell(summ, s.criterion)
     wide = gold_vs_random(summ)
     run.write_table("gold_vs_random", wide)
-    figs = []
-    for g in [g for g in ("tau", "rel") if (summ.grid == g).any()]:
-        sub = summ[summ.grid == g]
-        lim = float(np.nanquantile(np.abs(sub.mean_dlogp), 0.9)) or 1.0  # a few cells saturate
-        for kind in ("gold", "random"):
-            m = sub[sub.memory_kind == kind].pivot(index="layer", columns="step", values="mean_dlogp").clip(-lim, lim)
-            m.columns = [f"{c:g}" for c in m.columns]
-            m.columns.name = "tau" if g == "tau" else "injection / residual norm"
-            figs.append(_fig(run, f"grid-{g}-{kind}", heatmap(
-                m, title=f"{kind} memory: mean change in log p(answer) "
-                         f"({'seed tau grid' if g == 'tau' else 'norm-scaled grid'})",
-                colorbar_label=f"mean Δ log p (clipped at ±{lim:.2g})", center=0.0, vmin=-lim, vmax=lim,
-                ylabel="layer", annotate=False)))
+    figs = grid_figures(run, summ, wide)
     at = wide[(wide.layer == best.layer) & (wide.grid == best.grid) & (wide.step == best.step)].iloc[0]
     head = {"best layer": int(best.layer), "best grid": str(best.grid), "best step": float(best.step),
             "best tau": float(best.tau),
@@ -187,6 +173,37 @@ def grid_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: "Inj
         f"{best.mean_dlogp:.3f}")
 
 
+def _grid_matrix(df: pd.DataFrame, value: str, grid: str, lim: float) -> pd.DataFrame:
+    m = df.pivot(index="layer", columns="step", values=value).clip(-lim, lim)
+    m.columns = [f"{c:g}" for c in m.columns]
+    m.columns.name = "tau" if grid == "tau" else "injection / residual norm"
+    return m
+
+
+def grid_figures(run: "RunFolder", summ: pd.DataFrame, wide: pd.DataFrame) -> list[str]:
+    """Per grid: mean Δ log p of the gold and the random memory, and gold minus random, per (layer, step)."""
+    from hopscope.report import heatmap
+
+    figs = []
+    for g in [g for g in ("tau", "rel") if (summ.grid == g).any()]:
+        name = "seed tau grid" if g == "tau" else "norm-scaled grid"
+        sub = summ[(summ.grid == g) & (summ.prompt_kind == "obscure")]
+        lim = float(np.nanquantile(np.abs(sub.mean_dlogp), 0.9)) or 1.0  # a few cells saturate
+        for kind in ("gold", "random"):
+            figs.append(_fig(run, f"grid-{g}-{kind}", heatmap(
+                _grid_matrix(sub[sub.memory_kind == kind], "mean_dlogp", g, lim),
+                title=f"{kind} memory: mean change in log p(answer) ({name})",
+                colorbar_label=f"mean Δ log p (clipped at ±{lim:.2g})", center=0.0, vmin=-lim, vmax=lim,
+                ylabel="layer", annotate=False)))
+        diff = wide[wide.grid == g].assign(diff=lambda d: d.gold_mean_dlogp - d.random_mean_dlogp)
+        dlim = float(np.nanquantile(np.abs(diff["diff"]), 0.9)) or 1.0
+        figs.append(_fig(run, f"grid-{g}-gold-minus-random", heatmap(
+            _grid_matrix(diff, "diff", g, dlim), title=f"gold minus random memory: mean Δ log p(answer) ({name})",
+            colorbar_label=f"difference (clipped at ±{dlim:.2g})", center=0.0, vmin=-dlim, vmax=dlim,
+            ylabel="layer", annotate=False)))
+    return figs
+
+
 def gold_vs_random(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: gold and random statistics side by side."""
     keys = ["grid", "layer", "step", "tau"]
@@ -212,7 +229,12 @@ def controls_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: 
     best = state.best
     cell = inj.Cell(int(best.layer), str(best.grid), float(best.step), float(best.tau))
     pools = {}
-    for name, words in pos_word_lists().items():
+    try:
+        word_lists = pos_word_lists()
+    except FileNotFoundError as err:  # the seed's lists live in ../shared/data; random-word controls remain
+        say(f"part-of-speech controls skipped: {err}")
+        word_lists = {}
+    for name, words in word_lists.items():
         ok = [w for w in words if _tokenizes(lm, w)]
         pools[f"pos:{name}"] = sample_words(ok, s.pos_words, s.seed)
     run.write_table("pos_words", pd.DataFrame([{"list": k, "word": w} for k, ws in pools.items() for w in ws]))
@@ -282,7 +304,8 @@ def lens_stage(lm: "LoadedModel", run: "RunFolder", state: "StudyState", s: "Inj
     layer = int(state.best.layer) if s.lens_layer is None else s.lens_layer
     say(f"lens: training layer {layer} (rank {s.lens_rank or 'full'}, {s.lens_steps} steps, corpus {s.lens_corpus})")
     res = train_from_corpus(lm, [layer], s.lens_corpus, n_train=s.lens_train_texts, n_held=s.lens_held_texts,
-                            rank=s.lens_rank, steps=s.lens_steps, max_tokens=s.lens_max_tokens, seed=s.seed)
+                            rank=s.lens_rank, steps=s.lens_steps, batch_size=s.lens_batch,
+                            max_tokens=s.lens_max_tokens, seed=s.seed)
     state.lens = lens = res.lenses[layer]
     folder = lens.save(run.path / f"lens_l{layer}")
     table = res.table()

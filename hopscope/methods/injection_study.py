@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from hopscope.methods import injection as inj
@@ -38,7 +39,8 @@ class InjectionSettings:
     taus: Sequence[float] = inj.SEED_TAUS
     rel: Sequence[float] = inj.REL_STEPS       # injection norm / residual norm for a typical gold memory
     source: str = "unembed"
-    positions: str = "all"
+    positions: str = "all"                     # "all", "last", or "auto": all unless prompts are long
+    auto_max_tokens: int = 24                  # "auto" injects at the last position above this mean length
     method: str = "shared"
     criterion: str = "mean_dlogp"
     grid_random: int = 1                       # random memories per prompt at every cell
@@ -51,6 +53,7 @@ class InjectionSettings:
     lens_layer: int | None = None              # None: the best injection layer
     lens_rank: int | None = 8
     lens_steps: int = 200
+    lens_batch: int = 128
     lens_corpus: str = "boolq"
     lens_train_texts: int = 200
     lens_held_texts: int = 50
@@ -61,9 +64,9 @@ class InjectionSettings:
 
     @classmethod
     def quick(cls, **kw: Any) -> "InjectionSettings":
-        base = cls(n_pairs=20, grid_prompts=6, layer_stride=3, taus=(2.0, 5.0, 10.0), rel=(0.1, 0.4),
-                   best_random=2, pos_words=10, pos_per_prompt=1, projection_pairs=8, lens_steps=30,
-                   lens_train_texts=24, lens_held_texts=8, lens_max_tokens=32, head_pairs=6)
+        base = cls(n_pairs=20, grid_prompts=6, layer_stride=3, taus=(2.0, 5.0, 10.0), rel=(0.1, 0.4), positions="auto",
+                   best_random=2, pos_words=10, pos_per_prompt=1, projection_pairs=8, lens_steps=80, lens_batch=32,
+                   lens_train_texts=24, lens_held_texts=8, lens_max_tokens=32, head_pairs=5)
         return replace(base, **kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +87,8 @@ class StudyState:
     randoms: RandomWords
     headline: dict[str, Any] = field(default_factory=dict)
     best: pd.Series | None = None
+    norms: np.ndarray | None = None            # median |resid_pre| per layer (search prompts)
+    ref: np.ndarray | None = None              # median |gold memory| per layer
     lens: Any = None
 
 
@@ -105,6 +110,24 @@ def usable_pairs(lm: "LoadedModel", pairs: Sequence["InjectionPair"]) -> tuple[l
     return keep, dropped
 
 
+def check_settings(s: InjectionSettings) -> None:
+    """Raise a ValueError naming the first setting with an unknown value."""
+    checks = (("positions", s.positions, (*inj.POSITIONS, "auto")), ("method", s.method, inj.METHODS),
+              ("criterion", s.criterion, inj.CRITERIA), ("source", s.source, inj.MEMORY_SOURCES))
+    for name, value, allowed in checks:
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def resolve_positions(lm: "LoadedModel", pairs: Sequence["InjectionPair"], s: InjectionSettings) -> InjectionSettings:
+    """Settings with ``positions="auto"`` made concrete: ``"all"`` (the seed) for short prompts, ``"last"``
+    (prefix KV cache, far cheaper) when the obscure prompts average more than ``auto_max_tokens`` tokens."""
+    if s.positions != "auto":
+        return s
+    mean = float(np.mean([len(lm.to_ids(p.obscure)) for p in pairs]))
+    return replace(s, positions="all" if mean <= s.auto_max_tokens else "last")
+
+
 def injection_study(
     lm: "LoadedModel",
     pairs: Sequence[Any] | None,
@@ -122,15 +145,25 @@ def injection_study(
     from hopscope.report import RunFolder
 
     s = settings or (InjectionSettings.quick() if quick else InjectionSettings())
-    own = not isinstance(run_folder, RunFolder)
-    run = RunFolder.create("inject", s.to_dict(), out=run_folder, seed=s.seed) if own else run_folder
-    say = _log(log)
-    if run.config.get("model") is None:
-        run.set_model(lm)
+    check_settings(s)
     all_pairs = (as_pairs(pairs) if pairs is not None else load_pairs())[: s.n_pairs]
     kept, dropped = usable_pairs(lm, all_pairs)
     if not kept:
-        raise ValueError(f"no usable pairs: {dropped[:3]}")
+        raise ValueError(f"no usable pairs (answer or bridge tokenizes to nothing): {dropped[:3]}")
+    if not isinstance(run_folder, RunFolder):
+        with RunFolder.create("inject", s.to_dict(), out=run_folder, seed=s.seed) as run:
+            return _stages(lm, kept, dropped, run, s, log)
+    return _stages(lm, kept, dropped, run_folder, s, log)
+
+
+def _stages(lm: "LoadedModel", kept: list, dropped: list[str], run: "RunFolder", s: InjectionSettings,
+            log: Callable[[str], None] | None) -> dict[str, Any]:
+    from hopscope.methods import injection_report as rep
+
+    say = _log(log)
+    if run.config.get("model") is None:
+        run.set_model(lm)
+    s = resolve_positions(lm, kept, s)
     order = kept[:]
     random.Random(s.seed).shuffle(order)
     n_search = len(kept) if not s.grid_prompts else min(s.grid_prompts, len(kept))
@@ -138,10 +171,9 @@ def injection_study(
     state = StudyState(kept, [p for p in kept if p.qid in search_ids], [p for p in kept if p.qid not in search_ids],
                        pd.DataFrame(), inj.MemoryBank(lm, s.source), RandomWords(lm.tokenizer, s.seed))
     state.headline.update({"pairs": len(kept), "search prompts": len(state.search),
-                           "held-out prompts": len(state.held)})
-    from hopscope.methods import injection_report as rep
-
-    say(f"{len(kept)} pairs ({len(dropped)} dropped), {len(state.search)} search / {len(state.held)} held-out")
+                           "held-out prompts": len(state.held), "injection positions": s.positions})
+    say(f"{len(kept)} pairs ({len(dropped)} dropped), {len(state.search)} search / {len(state.held)} held-out, "
+        f"injecting at {s.positions} positions")
     rep.baseline_stage(lm, run, state, s, say)
     if s.projection:
         rep.projection_stage(lm, run, state, s, say)
@@ -152,7 +184,5 @@ def injection_study(
         rep.heads_stage(lm, run, state, s, say)
     if dropped:
         run.add_section("Dropped pairs", text="\n".join(dropped))
-    if own:
-        run.finish()
     say(f"done: {run.path}")
     return state.headline

@@ -80,11 +80,11 @@ def load_model(
         tok = AutoTokenizer.from_pretrained(folder)
         source = str(folder.resolve())
     else:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         try:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
-            tok = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, local_files_only=offline)
+            tok = AutoTokenizer.from_pretrained(name, local_files_only=offline)
         except (OSError, ValueError) as err:
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             raise ModelLoadError(
                 f"unknown model {name!r}: it is not an embedded model ({', '.join(EMBEDDED)}), a local folder or a "
                 f".gguf file, and the Hugging Face hub could not provide it"

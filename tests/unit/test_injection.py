@@ -149,3 +149,19 @@ def test_summarize_and_best_cell():
     assert best_cell(s, "share_improved").layer == 1
     with pytest.raises(ValueError):
         best_cell(s, "max_pct")
+
+
+def test_settings_checks_and_auto_positions(tiny_llama):
+    from hopscope.methods.injection_controls import InjectionPair
+    from hopscope.methods.injection_study import InjectionSettings, check_settings, resolve_positions
+
+    short = [InjectionPair("a", PROMPT, "George Washington fought in the", "George Washington", "Revolutionary War")]
+    long = [InjectionPair("b", " ".join([PROMPT] * 4), "x", "George Washington", "Revolutionary War")]
+    quick = InjectionSettings.quick()
+    assert quick.positions == "auto"
+    assert resolve_positions(tiny_llama, short, quick).positions == "all"
+    assert resolve_positions(tiny_llama, long, quick).positions == "last"
+    assert resolve_positions(tiny_llama, long, InjectionSettings()).positions == "all"
+    for bad in (dict(positions="first"), dict(criterion="max_pct"), dict(source="hidden"), dict(method="fast")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            check_settings(InjectionSettings(**bad))
