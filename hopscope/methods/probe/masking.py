@@ -14,13 +14,9 @@ FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def target_token_ids(tokenizer, targets: Sequence[str]) -> np.ndarray:
     """First token id of each target (e.g. ``" 42"``); a ValueError names a target with no tokens."""
-    out = []
-    for t in targets:
-        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError(f"target {t!r} tokenizes to nothing")
-        out.append(ids[0])
-    return np.asarray(out)
+    from hopscope.train.last_token import target_ids
+
+    return target_ids(tokenizer, targets).numpy()
 
 
 def head_masks(heads: Sequence[tuple[int, int]]) -> list:
