@@ -46,7 +46,6 @@ class Study:
     lm: Any = None
     say: Callable[[str], None] = print
     two_hop: list = field(default_factory=list)
-    headline: dict[str, Any] = field(default_factory=dict)
 
 
 def _two_hop(study: Study) -> list:
@@ -117,6 +116,13 @@ def _probe(study: Study, child) -> dict[str, Any]:
     return dict(result.get("summary", {}))
 
 
+def _finished(path) -> bool:
+    """Whether ``path`` holds a finished analysis run (a resumed study skips it)."""
+    from hopscope.report import RunFolder
+
+    return (path / "config.json").is_file() and RunFolder.open(path).status == "done"
+
+
 STEPS: dict[str, Callable[[Study, Any], dict[str, Any]]] = {
     "knowledge": _knowledge, "backpatch": _backpatch, "inject": _inject, "recall": _recall, "probe": _probe,
 }
@@ -143,27 +149,25 @@ def run_study(settings: StudySettings, *, out: str | None = None, resume: str | 
             run.set_dataset("world_facts_two_hop", study.two_hop)
         timings = {}
         for name in settings.only:
-            child = run.child(name)
-            if child.status == "done":
-                say(f"[{name}] already finished in {child.path}; skipping")
-                study.headline.update({f"{name}: {k}": v for k, v in child.headline.items()})
+            if _finished(run.path / name):
+                say(f"[{name}] already finished in {run.path / name}; skipping")
                 continue
+            child = run.child(name)
             say(f"[{name}] running")
             t = time.monotonic()
             try:
-                head = STEPS[name](study, child) or {}
+                STEPS[name](study, child)
             except BaseException as err:
                 child.fail(err)
                 raise
             timings[name] = round(time.monotonic() - t, 1)
             child.finish()
-            study.headline.update({f"{name}: {k}": v for k, v in head.items() if isinstance(v, (int, float, str))})
             say(f"[{name}] done in {timings[name]} s")
         run.add_section(
             "Study", text=(f"Model {study.lm.name} ({study.lm.source}); analyses: {', '.join(settings.only)}; "
                            f"seed {settings.seed}. Seconds per analysis in this session: {timings}. "
-                           f"Total {time.monotonic() - t0:.0f} s."),
-            headline={k: v for k, v in study.headline.items() if isinstance(v, (int, float))})
+                           f"Total {time.monotonic() - t0:.0f} s. Each analysis's own sections and headline "
+                           f"numbers follow."))
         run.finish()
     except BaseException as err:  # keep what finished; the report shows the run as interrupted/failed
         run.fail(err)
