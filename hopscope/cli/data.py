@@ -8,12 +8,9 @@ from typing import Optional
 
 import typer
 
+from hopscope.cli.common import fail as _fail
+
 LOADERS = ("memory-injections", "hopping-too-late", "lre", "proofwriter", "fanoutqa", "arc")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _csv_list(value: Optional[str]) -> Optional[list[str]]:

@@ -46,7 +46,7 @@ def train_kth_smallest_cmd(
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=max(1, min(250, steps)))
     model = None
     if base is not None:
-        from hopscope.models import load_model
+        from hopscope.cli.common import load as load_model
 
         model = load_model(base)
     arch = GPT2Arch(n_layers=layers, n_heads=heads, d_model=width, n_positions=max(64, n + 8))
@@ -83,7 +83,7 @@ def probe_cmd(
     from hopscope.data.kth_smallest import KthSmallestConfig
     from hopscope.methods.probe.core import ProbeSettings
     from hopscope.methods.probe.study import StudyConfig, run_probe_study, write_probe_study
-    from hopscope.models import load_model
+    from hopscope.cli.common import load as load_model
     from hopscope.report import RunFolder
     from hopscope.train.kth_smallest import load_task_info
 
@@ -117,7 +117,7 @@ def _probe_proofwriter(model: str, path: Path, out: Optional[Path], limit: Optio
                        query: str, normalize: str, seed: int) -> None:
     from hopscope.data.loaders.proofwriter import load_proofwriter
     from hopscope.methods.probe import ProbeSettings, proofwriter_items, run_text_probe_study
-    from hopscope.models import load_model
+    from hopscope.cli.common import load as load_model
     from hopscope.report import RunFolder
 
     records = list(load_proofwriter(path))[:limit]
