@@ -20,7 +20,8 @@ class Adapter:
     ``attn_to_resid`` is the module whose output the block adds to the residual stream after attention
     (the attention module itself, or a post-attention norm in Gemma 2/3); ``mlp_to_resid`` likewise for
     the MLP. ``parallel_residual`` marks blocks (GPT-NeoX) where attention and MLP read the same input,
-    so there is no ``resid_mid``.
+    so there is no ``resid_mid``. ``mlp_down`` is the MLP's output projection: its input is the
+    ``mlp_hidden`` site (the MLP's activations, one per neuron).
     """
 
     family: str
@@ -28,6 +29,7 @@ class Adapter:
     attn: list[nn.Module]
     out_proj: list[nn.Module]
     mlp: list[nn.Module]
+    mlp_down: list[nn.Module]
     attn_to_resid: list[nn.Module]
     mlp_to_resid: list[nn.Module]
     embed: nn.Module
@@ -62,6 +64,7 @@ def _llama_like(model: nn.Module, family: str) -> Adapter:
         attn=[b.self_attn for b in layers],
         out_proj=[b.self_attn.o_proj for b in layers],
         mlp=[b.mlp for b in layers],
+        mlp_down=[b.mlp.down_proj for b in layers],
         attn_to_resid=[b.post_attention_layernorm if post_attn_norm else b.self_attn for b in layers],
         mlp_to_resid=[b.post_feedforward_layernorm if post_attn_norm else b.mlp for b in layers],
         embed=model.model.embed_tokens,
@@ -78,6 +81,7 @@ def _gpt2(model: nn.Module, family: str) -> Adapter:
         attn=[b.attn for b in blocks],
         out_proj=[b.attn.c_proj for b in blocks],
         mlp=[b.mlp for b in blocks],
+        mlp_down=[b.mlp.c_proj for b in blocks],
         attn_to_resid=[b.attn for b in blocks],
         mlp_to_resid=[b.mlp for b in blocks],
         embed=model.transformer.wte,
@@ -97,6 +101,7 @@ def _opt(model: nn.Module, family: str) -> Adapter:
         attn=[b.self_attn for b in blocks],
         out_proj=[b.self_attn.out_proj for b in blocks],
         mlp=[b.fc2 for b in blocks],
+        mlp_down=[b.fc2 for b in blocks],
         attn_to_resid=[b.self_attn for b in blocks],
         mlp_to_resid=[b.fc2 for b in blocks],
         embed=decoder.embed_tokens,
@@ -113,6 +118,7 @@ def _gpt_neox(model: nn.Module, family: str) -> Adapter:
         attn=[b.attention for b in blocks],
         out_proj=[b.attention.dense for b in blocks],
         mlp=[b.mlp for b in blocks],
+        mlp_down=[b.mlp.dense_4h_to_h for b in blocks],
         attn_to_resid=[b.attention for b in blocks],
         mlp_to_resid=[b.mlp for b in blocks],
         embed=model.gpt_neox.embed_in,
