@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
-from hopscope.engine.hooks import HookSession, Layout, prepare_knockouts
+from hopscope.engine import kv
+from hopscope.engine.compat import call_model, output_cache
+from hopscope.engine.hooks import HookSession, Staircase
 from hopscope.engine.interventions import Intervention
-from hopscope.engine.sites import Site
+from hopscope.engine.layout import Layout
+from hopscope.engine.prefix import STORE
+from hopscope.engine.sites import Site, first_position, normalise_site, parse_hook_name
 
 if TYPE_CHECKING:
     from hopscope.models.loaded import Batch, LoadedModel
+
+MIN_SHARED_PREFIX = 4  # tokens: shorter common prefixes are not worth a cache
 
 
 @dataclass
@@ -29,7 +35,35 @@ class RunResult:
         return torch.stack([c[site] for c in self.cache])
 
 
-def _rows(interventions, n: int) -> list[Sequence[Intervention]]:
+class Activations(dict):
+    """``run_with_cache`` activations, indexed by ``(component, layer)`` or a TransformerLens hook name."""
+
+    def __init__(self, data: dict, n_layers: int) -> None:
+        super().__init__(data)
+        self.n_layers = n_layers
+
+    def _key(self, key: Any) -> Any:
+        if isinstance(key, str):
+            comp, layer = parse_hook_name(key, self.n_layers)
+            return ("resid_pre", 0) if comp == "embed" and ("embed", 0) not in self.keys() else (comp, layer)
+        return key
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        k = self._key(key)
+        if not dict.__contains__(self, k):
+            have = sorted({c for c, _ in self.keys()})
+            raise KeyError(f"{key!r} was not recorded; recorded components: {', '.join(have)}")
+        return dict.__getitem__(self, k)
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return dict.__contains__(self, self._key(key))
+        except ValueError:
+            return False
+
+
+def rows_of(interventions, n: int) -> list[list[Intervention]]:
+    """One list of interventions per row (``None`` = no interventions)."""
     if interventions is None:
         return [[] for _ in range(n)]
     if len(interventions) != n:
@@ -37,34 +71,31 @@ def _rows(interventions, n: int) -> list[Sequence[Intervention]]:
     return [list(x) for x in interventions]
 
 
-def forward(
-    lm: "LoadedModel",
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    interventions: Sequence[Sequence[Intervention]],
-    layout: Layout,
-    *,
-    record: Iterable[tuple[str, int]] = (),
-    past_key_values=None,
-    use_cache: bool = False,
-    last_only: bool = False,
-):
-    """One hooked forward; returns (HF output, HookSession)."""
+def ensure_attention(lm: "LoadedModel") -> None:
+    """Route the model's attention through hopscope's pass-through function (once per model)."""
+    model = lm.model
+    if not getattr(model, "_hopscope_attention", False):
+        from hopscope.engine.attention import install_attention
+
+        install_attention(model)
+        object.__setattr__(model, "_hopscope_attention", True)
+
+
+def forward(lm: "LoadedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+            position_ids: torch.Tensor, interventions: Sequence[Sequence[Intervention]], layout: Layout, *,
+            record: Iterable[tuple[str, int]] = (), past=None, use_cache: bool = False, last_only: bool = False,
+            index: list[int] | None = None, staircase: Staircase | None = None):
+    """One hooked forward; returns (logits, KV cache or None, HookSession)."""
+    ensure_attention(lm)
     layout.width = input_ids.shape[1]
-    session = HookSession(lm, interventions, layout, record)
-    with torch.no_grad(), session:
-        prepare_knockouts(session, input_ids.shape[0], input_ids.shape[1], layout.past + input_ids.shape[1],
-                          input_ids.device)
-        out = lm.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            logits_to_keep=1 if last_only else 0,
-        )
-    return out, session
+    session = HookSession(lm, interventions, layout, record, index=index, staircase=staircase)
+    rows = 1 + max(session.index) if session.index else input_ids.shape[0]
+    with session:
+        session.prepare(max(rows, input_ids.shape[0]), input_ids.shape[1], layout.prefix + input_ids.shape[1],
+                        input_ids.device)
+        out = call_model(lm.model, past=past, input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, use_cache=use_cache, logits_to_keep=1 if last_only else 0)
+    return out.logits, (output_cache(out) if use_cache else None), session
 
 
 def run(
@@ -74,26 +105,34 @@ def run(
     *,
     last_only: bool = False,
     batch_size: int | None = None,
+    share_prefix: bool = True,
 ) -> RunResult:
     """Run ``prompts`` (left-padded) with one list of interventions per row.
 
-    ``last_only`` keeps only the last position's logits (``[rows, vocab]``), which saves memory on big
-    batches; ``batch_size`` splits the rows into chunks (results are concatenated; full logits are then
-    padded to a common width on the left).
+    ``last_only`` keeps only the last position's logits (``[rows, vocab]``); then prompts that share a
+    token prefix run it once from a cached prefix (``share_prefix``). ``batch_size`` splits the rows into
+    chunks (needs ``last_only``).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    rows = _rows(interventions, len(prompts))
+    rows = rows_of(interventions, len(prompts))
     if batch_size is not None and len(prompts) > batch_size:
         if not last_only:
             raise ValueError("batch_size chunking needs last_only=True (full logits of chunks differ in width)")
-        parts = [run(lm, prompts[i:i + batch_size], rows[i:i + batch_size], last_only=True)
+        parts = [run(lm, prompts[i:i + batch_size], rows[i:i + batch_size], last_only=True, share_prefix=share_prefix)
                  for i in range(0, len(prompts), batch_size)]
         return RunResult(torch.cat([p.logits for p in parts]), [c for p in parts for c in p.cache])
+    if last_only and share_prefix:
+        ids = [lm.to_ids(p) for p in prompts]
+        _check_nonempty(prompts, ids)
+        p = shared_prefix_length(lm, ids, rows)
+        if p >= MIN_SHARED_PREFIX:
+            logits, _, session = suffix_pass(lm, ids, rows, p)
+            return RunResult(logits, session.cache)
     batch = lm.encode(prompts)
-    layout = Layout(lengths=batch.lengths, offsets=batch.offsets)
-    out, session = forward(lm, batch.input_ids, batch.attention_mask, batch.position_ids, rows, layout,
-                           last_only=last_only)
-    logits = out.logits[:, -1].float() if last_only else out.logits.float()
+    layout = Layout.left_padded(batch.lengths, batch.input_ids.shape[1])
+    logits, _, session = forward(lm, batch.input_ids, batch.attention_mask, batch.position_ids, rows, layout,
+                                 last_only=last_only)
+    logits = logits[:, -1].float() if last_only else logits.float()
     return RunResult(logits, session.cache, batch)
 
 
@@ -103,27 +142,117 @@ def run_with_cache(
     components: Iterable[str] = ("resid_post",),
     layers: Iterable[int] | None = None,
     interventions: Sequence[Sequence[Intervention]] | None = None,
-) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
-    """Logits ``[b, seq, vocab]`` and a dict ``acts[component, layer]`` of whole-batch activations.
+) -> tuple[torch.Tensor, Activations]:
+    """Logits ``[b, seq, vocab]`` and ``acts[component, layer]`` (or ``acts["blocks.3.hook_resid_post"]``).
 
-    Layout is left-padded (see ``lm.encode``). Shapes: residual-space components ``[b, seq, d_model]``;
-    ``head_out`` ``[b, seq, n_heads, d_model]``; ``attn_pattern`` ``[b, n_heads, seq, seq]``.
+    ``components`` may be hopscope names or TransformerLens hook names (then ``layers`` is ignored for
+    them). Layout is left-padded (see ``lm.encode``). Shapes: residual-space components ``[b, seq, d_model]``;
+    ``head_out`` ``[b, seq, n_heads, d_model]``; ``mlp_hidden`` ``[b, seq, d_mlp]``; ``attn_pattern``
+    ``[b, n_heads, seq, seq]``.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     layer_list = list(range(lm.n_layers)) if layers is None else [l + lm.n_layers if l < 0 else l for l in layers]
-    record = []
+    record: list[tuple[str, int]] = []
+    wanted_embed = False
     for comp in components:
-        if comp == "embed":
+        if "." in comp or comp.startswith("hook_"):
+            c, l = parse_hook_name(comp, lm.n_layers)
+            site = normalise_site(Site(l, c, None), lm)
+            wanted_embed |= c == "embed"
+            record.append(site.key())
+        elif comp == "embed":
+            wanted_embed = True
             record.append(("resid_pre", 0))
         elif comp == "final_norm":
             record.append(("final_norm", lm.n_layers - 1))
         else:
             record.extend((comp, l) for l in layer_list)
     batch = lm.encode(prompts)
-    layout = Layout(lengths=batch.lengths, offsets=batch.offsets)
-    out, session = forward(lm, batch.input_ids, batch.attention_mask, batch.position_ids,
-                           _rows(interventions, len(prompts)), layout, record=record)
+    layout = Layout.left_padded(batch.lengths, batch.input_ids.shape[1])
+    logits, _, session = forward(lm, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                 rows_of(interventions, len(prompts)), layout, record=record)
     acts = dict(session.acts)
-    if "embed" in components:
+    if wanted_embed:
         acts["embed", 0] = acts["resid_pre", 0]
-    return out.logits.float(), acts
+    return logits.float(), Activations(acts, lm.n_layers)
+
+
+# ---- shared prefixes across different prompts ---------------------------------------------------------------
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def sliding_window(lm: "LoadedModel") -> int | None:
+    """The smallest attention window of the model's sliding-window layers (None: every layer is global)."""
+    cfg = lm.model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    window = getattr(cfg, "sliding_window", None)
+    if not window or getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and not any("sliding" in str(t) for t in types):
+        return None
+    return int(window)
+
+
+def shared_prefix_length(lm: "LoadedModel", ids: Sequence[Sequence[int]], rows: Sequence[Sequence[Intervention]],
+                         extra: int = 0) -> int:
+    """Tokens every prompt shares that no intervention needs recomputed (each row keeps >= 1 own token).
+
+    Rows of different lengths are padded between the shared prefix and their own tokens; in a sliding-window
+    model those pads would count against the window, so there prompts share a prefix only when they all
+    fit the window (``extra``: tokens still to be generated).
+    """
+    window = sliding_window(lm)
+    if window is not None and len({len(x) for x in ids}) > 1 and max(len(x) for x in ids) + extra >= window:
+        return 0
+    p = min(len(x) for x in ids) - 1
+    for x in ids[1:]:
+        p = min(p, common_prefix(ids[0], x))
+    for row, ivs in zip(ids, rows):
+        for iv in ivs:
+            p = min(p, first_position(iv.site.position, len(row)))
+    return max(p, 0)
+
+
+def suffix_pass(lm: "LoadedModel", ids: Sequence[Sequence[int]], rows: Sequence[Sequence[Intervention]], p: int,
+                *, keep_cache: bool = False, mask_out: list | None = None):
+    """Run prompts that share their first ``p`` tokens from the cached prefix; suffixes are left-padded.
+
+    Returns ``(last logits [rows, vocab], cache or None, session)``; ``mask_out`` receives the attention
+    mask (for decoding on).
+    """
+    r = len(ids)
+    suffixes = [list(x[p:]) for x in ids]
+    width = max(len(s) for s in suffixes)
+    pad_id = lm.tokenizer.pad_token_id
+    dev = lm.device
+    input_ids = torch.full((r, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((r, p + width), dtype=torch.long)
+    mask[:, :p] = 1
+    positions = torch.zeros((r, width), dtype=torch.long)
+    pads = []
+    for i, s in enumerate(suffixes):
+        pad = width - len(s)
+        pads.append(pad)
+        input_ids[i, pad:] = torch.tensor(s, dtype=torch.long)
+        mask[i, p + pad:] = 1
+        positions[i, pad:] = torch.arange(p, p + len(s))
+    past = kv.fork(STORE.get(lm, ids[0][:p]), [r]) if p > 0 else None
+    layout = Layout([len(x) for x in ids], pads, p, width)
+    logits, cache, session = forward(lm, input_ids.to(dev), mask.to(dev), positions.to(dev), rows, layout,
+                                     past=past, use_cache=keep_cache or past is not None, last_only=True)
+    if mask_out is not None:
+        mask_out.append(mask.to(dev))
+    return logits[:, -1].float(), cache if keep_cache else None, session
+
+
+def _check_nonempty(prompts: Sequence[str], ids: Sequence[Sequence[int]]) -> None:
+    for p, row in zip(prompts, ids):
+        if not row:
+            raise ValueError(f"prompt {p!r} tokenizes to nothing")

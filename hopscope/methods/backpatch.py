@@ -21,7 +21,6 @@ unchanged, ``text`` is then the decoded text up to that point.
 
 from __future__ import annotations
 
-import copy
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,12 +29,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from hopscope.engine.answers import alias_match, first_token_id, normalise_text
-from hopscope.engine.fast import prefix_cache, run_last_position
-from hopscope.engine.hooks import Layout
-from hopscope.engine.interventions import Intervention, replace
-from hopscope.engine.runner import forward, run_with_cache
-from hopscope.engine.sites import Site
+from hopscope.engine import Intervention, Site, generate, replace, run_with_cache, score_tokens
+from hopscope.engine.scoring import alias_match, first_token_id, normalise_text
 from hopscope.methods.resolution import answer_aliases, first_hop_position, query_id
 
 if TYPE_CHECKING:
@@ -72,69 +67,6 @@ def alias_stopper(lm: "LoadedModel", aliases: Sequence[str]) -> Callable[[list[i
     return stop
 
 
-def _expanded(cache, rows: int):
-    cache = copy.deepcopy(cache)
-    if rows > 1:
-        cache.batch_repeat_interleave(rows)
-    return cache
-
-
-def prompt_pass(lm: "LoadedModel", prompt: str, rows: Sequence[Sequence[Intervention]], start: int = -1):
-    """Run ``prompt`` once per row of interventions, recomputing only positions ``start..`` per row.
-
-    The prefix before ``start`` runs once and its KV cache is shared. Interventions must act at
-    positions ``>= start`` (``start=-1``: the last position, the engine's fast path). Returns
-    ``(last-position logits [rows, vocab], KV cache of the full prompt)``.
-    """
-    ids = lm.to_ids(prompt)
-    n = len(ids)
-    start = start + n if start < 0 else start
-    if not 0 <= start < n:
-        raise ValueError(f"start {start} is outside the prompt of {n} tokens")
-    if start == n - 1:
-        res = run_last_position(lm, prompt, rows, keep_cache=True)
-        return res.logits, res.past_key_values
-    r = len(rows)
-    past = _expanded(prefix_cache(lm, ids[:start]), r) if start > 0 else None
-    dev = lm.device
-    input_ids = torch.tensor([ids[start:]] * r, dtype=torch.long, device=dev)
-    mask = torch.ones((r, n), dtype=torch.long, device=dev)
-    positions = torch.arange(start, n, device=dev)[None].expand(r, -1)
-    layout = Layout(lengths=[n] * r, offsets=[0] * r, past=start)
-    out, _ = forward(lm, input_ids, mask, positions, [list(x) for x in rows], layout, past_key_values=past,
-                     use_cache=True, last_only=True)
-    return out.logits[:, -1].float(), out.past_key_values
-
-
-def _greedy(lm: "LoadedModel", first: torch.Tensor, past, n_ctx: int, max_new_tokens: int,
-            stop: Callable[[list[int]], bool] | None) -> list[list[int]]:
-    """Greedy decoding from a prompt cache; rows whose ``stop`` is True leave the batch."""
-    tok = first.argmax(-1)
-    seqs = [[int(t)] for t in tok.tolist()]
-    live = list(range(len(seqs)))
-    mask = torch.ones((len(seqs), n_ctx), dtype=torch.long, device=lm.device)
-    for step in range(1, max_new_tokens):
-        if stop is not None:
-            keep = [j for j, i in enumerate(live) if not stop(seqs[i])]
-            if len(keep) < len(live):
-                if not keep:
-                    break
-                idx = torch.tensor(keep, device=lm.device)
-                past.batch_select_indices(idx)
-                tok, mask = tok[idx], mask[idx]
-                live = [live[j] for j in keep]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        pos = torch.full((len(live), 1), n_ctx + step - 1, dtype=torch.long, device=lm.device)
-        with torch.no_grad():
-            out = lm.model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=past,
-                           use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
-        tok = out.logits[:, -1].argmax(-1)
-        for i, t in zip(live, tok.tolist()):
-            seqs[i].append(int(t))
-    return seqs
-
-
 def patched_decode(
     lm: "LoadedModel",
     prompt: str,
@@ -147,29 +79,15 @@ def patched_decode(
     batch_size: int = 128,
     keep_logits: bool = False,
 ) -> Decoded:
-    """Greedy-decode ``prompt`` once per row of ``interventions`` (patches act on the prompt pass only).
-
-    Rows are run in chunks of ``batch_size`` through :func:`prompt_pass` (positions before ``start``
-    shared). ``stop`` prunes finished rows; ``target_id`` adds the first-token prob/rank of that token.
-    """
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be at least 1")
-    n = len(lm.to_ids(prompt))
-    tokens: list[list[int]] = []
-    logits, probs, ranks = [], [], []
-    for i in range(0, len(interventions), batch_size):
-        rows = interventions[i:i + batch_size]
-        first, past = prompt_pass(lm, prompt, rows, start)
-        if target_id is not None:
-            logp = torch.log_softmax(first, -1)
-            chosen = logp[:, target_id]
-            probs.append(chosen.exp().cpu())
-            ranks.append((logp > chosen[:, None]).sum(-1).cpu())
-        if keep_logits:
-            logits.append(first.cpu())
-        tokens.extend(_greedy(lm, first, past, n, max_new_tokens, stop))
-    cat = (lambda xs: torch.cat(xs) if xs else None)
-    return Decoded(tokens, cat(logits), cat(probs), cat(ranks))
+    """Greedy-decode ``prompt`` once per row of ``interventions`` (patches act on the prompt pass only)."""
+    gen = generate(lm, prompt, interventions, max_new_tokens=max_new_tokens, start=start,
+                   stop=None if stop is None else (lambda row, toks: stop(toks)), first_logits=True,
+                   batch_size=batch_size)
+    prob = rank = None
+    if target_id is not None:
+        sc = score_tokens(gen.first_logits, [target_id] * len(gen))
+        prob, rank = sc["prob"], sc["rank"]
+    return Decoded(gen.tokens, gen.first_logits if keep_logits else None, prob, rank)
 
 
 def naive_decode(lm: "LoadedModel", prompt: str, interventions: Sequence[Sequence[Intervention]], *,
@@ -177,13 +95,9 @@ def naive_decode(lm: "LoadedModel", prompt: str, interventions: Sequence[Sequenc
     """Reference: one full-prompt forward plus greedy decoding per row, nothing shared (the seed's loop)."""
     tokens, logits = [], []
     for row in interventions:
-        batch = lm.encode([prompt])
-        layout = Layout(lengths=batch.lengths, offsets=batch.offsets)
-        out, _ = forward(lm, batch.input_ids, batch.attention_mask, batch.position_ids, [list(row)], layout,
-                         use_cache=True, last_only=True)
-        first = out.logits[:, -1].float()
-        logits.append(first)
-        tokens.extend(_greedy(lm, first, out.past_key_values, batch.lengths[0], max_new_tokens, None))
+        gen = generate(lm, [prompt], [list(row)], max_new_tokens=max_new_tokens, first_logits=True, fast=False)
+        tokens.extend(gen.tokens)
+        logits.append(gen.first_logits)
     return Decoded(tokens, torch.cat(logits))
 
 

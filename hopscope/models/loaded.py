@@ -44,9 +44,6 @@ class LoadedModel:
         self.adapter = build_adapter(self.model)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        from hopscope.engine.attention import install_attention
-
-        install_attention(self.model)
 
     # -- shape facts -------------------------------------------------------------------------
     @property

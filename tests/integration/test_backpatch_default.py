@@ -27,7 +27,7 @@ def test_fast_equals_naive_on_default_model(default_model, query):
     naive = naive_decode(lm, query.prompt, rows, max_new_tokens=4)
     assert fast.tokens == naive.tokens
     torch.testing.assert_close(fast.first_logits, naive.first_logits, atol=1e-3, rtol=1e-4)
-    clean = generate(lm, query.prompt, None, max_new_tokens=4, fast=False)[0].tolist()
+    clean = generate(lm, query.prompt, None, max_new_tokens=4, fast=False).tokens[0]
     assert fast.tokens[-1] == clean  # s = t
 
 

@@ -48,7 +48,7 @@ def test_identity_patch_reproduces_generation(tiny_model, start):
     h = states(tiny_model, PROMPT, pos)
     rows = [[replace(Site(t, "resid_post", pos), h[t])] for t in range(tiny_model.n_layers)]
     dec = patched_decode(tiny_model, PROMPT, rows, max_new_tokens=6, start=pos)
-    clean = generate(tiny_model, PROMPT, None, max_new_tokens=6, fast=False)[0].tolist()
+    clean = generate(tiny_model, PROMPT, None, max_new_tokens=6, fast=False).tokens[0]
     assert all(toks == clean for toks in dec.tokens)
 
 
@@ -88,7 +88,7 @@ def test_alias_stopper(tiny_gpt2):
 
 def test_pruning_keeps_correctness(tiny_llama):
     """prune=True stops rows early but every row's `correct` and first-token scores are unchanged."""
-    clean = tiny_llama.tokenizer.decode(generate(tiny_llama, PROMPT, None, max_new_tokens=3, fast=False)[0])
+    clean = tiny_llama.tokenizer.decode(generate(tiny_llama, PROMPT, None, max_new_tokens=3, fast=False).tokens[0])
     q = make_query(e3=clean.strip() or "x")
     kw = dict(max_new_tokens=6, variants=("last", "first_hop"), unrelated="A cat sat on the warm")
     a = backpatch_query(tiny_llama, q, prune=True, **kw)

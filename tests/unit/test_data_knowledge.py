@@ -18,7 +18,7 @@ def test_single_pass_greedy_equals_engine(tiny_gpt2):
     last, tokens = K.greedy_with_logits(tiny_gpt2, PROMPTS[:2], max_new_tokens=4)
     ref = run(tiny_gpt2, PROMPTS[:2], last_only=True).logits
     torch.testing.assert_close(last, ref, rtol=1e-4, atol=1e-4)
-    assert torch.equal(tokens, generate(tiny_gpt2, PROMPTS[:2], max_new_tokens=4, fast=False))
+    assert torch.equal(tokens, generate(tiny_gpt2, PROMPTS[:2], max_new_tokens=4, fast=False).as_tensor())
 
 
 def test_score_prompts_scores_targets(tiny_gpt2):

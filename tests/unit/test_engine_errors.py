@@ -38,7 +38,7 @@ def test_component_family_lacks():
 
 
 def test_fast_path_rejects_non_last_position(tiny_llama):
-    with pytest.raises(ValueError, match="last position only"):
+    with pytest.raises(ValueError, match="does not recompute"):
         run_last_position(tiny_llama, "The capital of France is", [[add(Site(0, "resid_post", 0), torch.ones(64))]])
 
 

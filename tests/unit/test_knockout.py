@@ -25,7 +25,7 @@ def test_empty_window_is_vanilla(tiny_model):
     ivs = window_knockout(range(0), (1, 3))
     assert ivs == []
     dec = patched_decode(tiny_model, PROMPT, [ivs], max_new_tokens=5, keep_logits=True)
-    assert dec.tokens[0] == generate(tiny_model, PROMPT, None, max_new_tokens=5, fast=False)[0].tolist()
+    assert dec.tokens[0] == generate(tiny_model, PROMPT, None, max_new_tokens=5, fast=False).tokens[0]
     torch.testing.assert_close(dec.first_logits, run(tiny_model, PROMPT, last_only=True).logits, atol=2e-5, rtol=1e-5)
 
 

@@ -24,7 +24,7 @@ def test_patching_the_target_into_itself_is_identity(tiny_model):
     """Source = the target prompt, source position = its last token x, t = s: every layer decodes like
     the unpatched target prompt."""
     target = TARGETS["repeat"]
-    clean = tiny_model.tokenizer.decode(generate(tiny_model, target, None, max_new_tokens=3, fast=False)[0],
+    clean = tiny_model.tokenizer.decode(generate(tiny_model, target, None, max_new_tokens=3, fast=False).tokens[0],
                                        skip_special_tokens=True)
     q = make_query(prompt=target, e1="x", e3="zzz")
     df = patchscope_query(tiny_model, q, sources=("last",), max_new_tokens=3, prune=False)
@@ -33,7 +33,7 @@ def test_patching_the_target_into_itself_is_identity(tiny_model):
 
 
 def test_pruning_keeps_hits(tiny_llama):
-    clean = tiny_llama.tokenizer.decode(generate(tiny_llama, TARGETS["repeat"], None, max_new_tokens=2, fast=False)[0])
+    clean = tiny_llama.tokenizer.decode(generate(tiny_llama, TARGETS["repeat"], None, max_new_tokens=2, fast=False).tokens[0])
     q = make_query(e3=clean.strip(" :") or "x")
     kw = dict(max_new_tokens=4, targets=("repeat",), target_layer=1)
     a = patchscope_query(tiny_llama, q, prune=True, **kw)

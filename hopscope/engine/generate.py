@@ -1,0 +1,166 @@
+"""Greedy generation with patches on the prompt pass, early stopping, and shared prefixes.
+
+The prompt pass carries the interventions (a patch reaches the generated tokens through the KV cache
+alone); decoding then continues row by row, batched. A ``stop(row, tokens)`` callback ends a row early: it
+leaves the batch and its tokens are a prefix of what it would have generated unstopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+
+from hopscope.engine import kv
+from hopscope.engine.compat import call_model, output_cache
+from hopscope.engine.interventions import Intervention
+from hopscope.engine.layout import Layout
+from hopscope.engine.passes import prompt_pass
+from hopscope.engine.runner import (MIN_SHARED_PREFIX, _check_nonempty, common_prefix, forward, rows_of,
+                                    shared_prefix_length, suffix_pass)
+
+if TYPE_CHECKING:
+    from hopscope.models.loaded import LoadedModel
+
+Stop = Callable[[int, list[int]], bool]
+
+
+@dataclass
+class Generation:
+    """Greedy continuations: ``tokens[i]`` for row ``i`` (shorter when stopped early), and optionally the
+    first generated position's logits ``[rows, vocab]`` (float32)."""
+
+    tokens: list[list[int]]
+    first_logits: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def texts(self, lm: "LoadedModel") -> list[str]:
+        return [lm.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens]
+
+    def as_tensor(self) -> torch.Tensor:
+        """``[rows, n]`` token ids (every row must have the same length: no early stop)."""
+        lengths = {len(t) for t in self.tokens}
+        if len(lengths) > 1:
+            raise ValueError(f"rows have different lengths {sorted(lengths)} (stopped early): use .tokens")
+        return torch.tensor(self.tokens, dtype=torch.long)
+
+
+def generate(
+    lm: "LoadedModel",
+    prompts: str | Sequence[str],
+    interventions: Sequence[Sequence[Intervention]] | None = None,
+    *,
+    max_new_tokens: int = 10,
+    start: int = -1,
+    stop: Stop | None = None,
+    first_logits: bool = False,
+    batch_size: int = 256,
+    fast: bool = True,
+) -> Generation:
+    """Greedy-decode ``max_new_tokens`` per row; interventions act on the prompt pass only.
+
+    ``prompts``: one prompt shared by every row of ``interventions`` (its prefix before ``start`` runs once,
+    see :func:`prompt_pass`), or one prompt per row (prompts sharing a token prefix run it once).
+    ``fast=False`` is the reference: every row's whole prompt runs through every block, left-padded.
+    """
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    shared = isinstance(prompts, str)
+    n_rows = (len(interventions) if interventions is not None else 1) if shared else len(prompts)
+    rows = rows_of(interventions, n_rows)
+    tokens: list[list[int]] = [[] for _ in range(n_rows)]
+    logits: list[torch.Tensor] = []
+    if shared and fast:
+        n = len(lm.to_ids(prompts))
+        for c0 in range(0, n_rows, batch_size):
+            chunk = list(range(c0, min(c0 + batch_size, n_rows)))
+            res = prompt_pass(lm, prompts, [rows[i] for i in chunk], start=start, keep_cache=True)
+            mask = torch.ones((len(chunk), n), dtype=torch.long, device=lm.device)
+            pos = torch.full((len(chunk),), n, dtype=torch.long, device=lm.device)
+            _decode(lm, res.logits, res.past_key_values, mask, pos, max_new_tokens, stop, chunk, tokens)
+            if first_logits:
+                logits.append(res.logits.cpu())
+    else:
+        plist = [prompts] * n_rows if shared else list(prompts)
+        ids = [lm.to_ids(p) for p in plist]
+        _check_nonempty(plist, ids)
+        for group in _groups(ids, batch_size) if fast else _chunks(n_rows, batch_size):
+            g_ids, g_rows = [ids[i] for i in group], [rows[i] for i in group]
+            p = shared_prefix_length(lm, g_ids, g_rows, extra=max_new_tokens) if fast else 0
+            if p >= MIN_SHARED_PREFIX:
+                masks: list = []
+                first, cache, _ = suffix_pass(lm, g_ids, g_rows, p, keep_cache=True, mask_out=masks)
+                mask = masks[0]
+                pos = torch.tensor([len(x) for x in g_ids], dtype=torch.long, device=lm.device)
+            else:
+                batch = lm.encode_ids(g_ids)
+                layout = Layout.left_padded(batch.lengths, batch.input_ids.shape[1])
+                out, cache, _ = forward(lm, batch.input_ids, batch.attention_mask, batch.position_ids, g_rows,
+                                        layout, use_cache=True, last_only=True)
+                first, mask, pos = out[:, -1].float(), batch.attention_mask, batch.position_ids[:, -1] + 1
+            _decode(lm, first, cache, mask, pos, max_new_tokens, stop, group, tokens)
+            if first_logits:
+                logits.append((group, first.cpu()))
+    out_logits = None
+    if first_logits:
+        if shared and fast:
+            out_logits = torch.cat(logits)
+        else:
+            out_logits = torch.empty(n_rows, logits[0][1].shape[-1])
+            for group, lg in logits:
+                out_logits[torch.tensor(group)] = lg
+    return Generation(tokens, out_logits)
+
+
+def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, next_pos: torch.Tensor,
+            max_new_tokens: int, stop: Stop | None, row_ids: Sequence[int], out: list[list[int]]) -> None:
+    """Greedy continuation from a prompt cache into ``out[row_ids[i]]``; stopped rows leave the batch."""
+    tok = first.argmax(-1)
+    live = list(range(len(row_ids)))
+    for i, t in zip(live, tok.tolist()):
+        out[row_ids[i]].append(int(t))
+    for _ in range(max_new_tokens - 1):
+        if stop is not None:
+            keep = [j for j, i in enumerate(live) if not stop(row_ids[i], out[row_ids[i]])]
+            if len(keep) < len(live):
+                if not keep:
+                    return
+                idx = torch.tensor(keep, dtype=torch.long, device=tok.device)
+                cache = kv.select(cache, idx)
+                tok, mask, next_pos = tok[idx], mask[idx], next_pos[idx]
+                live = [live[j] for j in keep]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        step = call_model(lm.model, past=cache, input_ids=tok[:, None], attention_mask=mask,
+                          position_ids=next_pos[:, None], use_cache=True, logits_to_keep=1)
+        cache = output_cache(step)
+        next_pos = next_pos + 1
+        tok = step.logits[:, -1].argmax(-1)
+        for i, t in zip(live, tok.tolist()):
+            out[row_ids[i]].append(int(t))
+
+
+def _chunks(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def _groups(ids: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """Rows in batches of at most ``size`` whose prompts share long token prefixes (sorted by tokens)."""
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    lcp = 0
+    for i in order:
+        if cur:
+            c = common_prefix(ids[cur[0]], ids[i])
+            if len(cur) >= size or c < MIN_SHARED_PREFIX or (len(cur) > 1 and c < lcp // 2):
+                groups.append(cur)
+                cur, lcp = [], 0
+            else:
+                lcp = c if len(cur) == 1 else min(lcp, c)
+        cur.append(i)
+    if cur:
+        groups.append(cur)
+    return groups

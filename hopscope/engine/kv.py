@@ -1,0 +1,49 @@
+"""Batch surgery on transformers KV caches (every layer's ``keys``/``values`` are ``[batch, heads, seq, d]``)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+
+
+def _layers(cache: Any) -> list:
+    return [l for l in cache.layers if getattr(l, "is_initialized", False) and l.keys is not None and l.keys.numel()]
+
+
+def nbytes(cache: Any) -> int:
+    """Bytes held by the cache's tensors."""
+    return sum(l.keys.numel() * l.keys.element_size() + l.values.numel() * l.values.element_size()
+               for l in _layers(cache))
+
+
+def fork(cache: Any, sizes: Sequence[int]) -> Any:
+    """A new cache whose layer ``l`` holds ``sizes[l]`` copies (views) of the batch-1 ``cache``'s row."""
+    new = copy.copy(cache)
+    new.layers = [copy.copy(l) for l in cache.layers]
+    for i, layer in enumerate(new.layers):
+        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+            n = sizes[i] if i < len(sizes) else sizes[-1]
+            layer.keys = layer.keys.expand(n, *layer.keys.shape[1:])
+            layer.values = layer.values.expand(n, *layer.values.shape[1:])
+    return new
+
+
+def complete(cache: Any, total: int, order: torch.Tensor) -> Any:
+    """Staircase caches: pad each layer to ``total`` rows with copies of row 0, then keep rows ``order``."""
+    for layer in _layers(cache):
+        for name in ("keys", "values"):
+            t = getattr(layer, name)
+            if t.shape[0] < total:
+                t = torch.cat([t, t[:1].expand(total - t.shape[0], *t.shape[1:])])
+            setattr(layer, name, t.index_select(0, order.to(t.device)))
+    return cache
+
+
+def select(cache: Any, rows: torch.Tensor) -> Any:
+    """Keep only batch rows ``rows`` (in that order)."""
+    for layer in _layers(cache):
+        layer.keys = layer.keys.index_select(0, rows.to(layer.keys.device))
+        layer.values = layer.values.index_select(0, rows.to(layer.values.device))
+    return cache

@@ -1,0 +1,57 @@
+"""How the columns of one forward map to the prompt positions of each row.
+
+Row ``r``'s prompt has ``lengths[r]`` tokens. Its first ``prefix`` tokens (shared by every row) sit in a KV
+cache at key columns ``0 .. prefix-1``; then come ``pads[r]`` padding columns, then the rest of the prompt.
+The forward itself computes the ``width`` columns after the prefix. A plain left-padded batch is
+``prefix=0, pads=<pad count per row>``; a pass that reruns a shared prompt from position ``s`` is
+``prefix=s, pads=0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hopscope.engine.sites import Position, resolve_positions
+
+
+@dataclass
+class Layout:
+    """Prompt positions -> forward (query) columns and cache (key) columns, per row."""
+
+    lengths: list[int]
+    pads: list[int]
+    prefix: int = 0
+    width: int = 0
+
+    @classmethod
+    def left_padded(cls, lengths: list[int], width: int) -> "Layout":
+        return cls(list(lengths), [width - n for n in lengths], 0, width)
+
+    @classmethod
+    def shared(cls, rows: int, length: int, start: int) -> "Layout":
+        """``rows`` copies of one prompt of ``length`` tokens, recomputed from position ``start``."""
+        return cls([length] * rows, [0] * rows, start, length - start)
+
+    def key_column(self, row: int, p: int) -> int:
+        return p if p < self.prefix else p + self.pads[row]
+
+    def columns(self, row: int, position: Position, *, keys: bool = False) -> list[int]:
+        """Columns of ``position`` in ``row``: key columns of the whole cached sequence, or (default) the
+        columns of this forward, which must hold every position named."""
+        positions = resolve_positions(position, self.lengths[row])
+        cols = [self.key_column(row, p) for p in positions]
+        if keys:
+            return cols
+        cols = [c - self.prefix for c in cols]
+        outside = [p for p, c in zip(positions, cols) if not 0 <= c < self.width]
+        if outside:
+            raise ValueError(
+                f"prompt position(s) {outside} are not computed in this pass (only positions {self.prefix}.."
+                f"{self.lengths[row] - 1} are): move the intervention later or recompute from an earlier start"
+            )
+        return cols
+
+    def key_columns(self, row: int) -> list[int]:
+        """Key columns of every real token of ``row`` (prefix and suffix, no padding)."""
+        n = self.lengths[row]
+        return [self.key_column(row, p) for p in range(n)]

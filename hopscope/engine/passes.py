@@ -1,0 +1,118 @@
+"""Prompt passes over one shared prompt: a cached prefix, a recomputed suffix, and the staircase.
+
+Every row of a prompt pass is the same prompt with its own interventions. The tokens before ``start`` are
+identical in every row: they run once (a cached KV prefix) and only positions ``start..`` run per row.
+Beyond that, a row whose interventions all sit at layers ``>= t`` computes exactly what the clean prompt
+computes below block ``t``. So the pass runs one clean *carrier* row from the first block, and each row
+joins the batch at the input of its own first block as a copy of the carrier (the staircase); rows without
+interventions join at the final norm. Blocks below ``t`` are never recomputed for a row patched at ``t``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from hopscope.engine import kv
+from hopscope.engine.hooks import Staircase, join_layer
+from hopscope.engine.interventions import Intervention
+from hopscope.engine.layout import Layout
+from hopscope.engine.prefix import STORE
+from hopscope.engine.runner import RunResult, forward, rows_of
+from hopscope.engine.sites import first_position
+
+if TYPE_CHECKING:
+    from hopscope.models.loaded import LoadedModel
+
+
+def _staircase_allowed(rows: Sequence[Sequence[Intervention]]) -> bool:
+    """Batch-mean ablation needs every row present at its layer, so it runs without the staircase."""
+    return not any(iv.op == "mean" and iv.value is None for r in rows for iv in r)
+
+
+def plan_staircase(lm: "LoadedModel", rows: Sequence[Sequence[Intervention]]) -> tuple[list[int], Staircase]:
+    """Batch index of each row (the carrier is index 0) and the rows added at each block."""
+    joins = [join_layer(lm, r) for r in rows]
+    order = sorted(range(len(rows)), key=lambda r: joins[r])
+    index = [0] * len(rows)
+    for pos, r in enumerate(order):
+        index[r] = pos + 1
+    adds: dict[int, int] = {}
+    for j in joins:
+        adds[j] = adds.get(j, 0) + 1
+    sizes, n = [], 1
+    for layer in range(lm.n_layers):
+        n += adds.get(layer, 0)
+        sizes.append(n)
+    return index, Staircase(adds, sizes)
+
+
+def prompt_pass(
+    lm: "LoadedModel",
+    prompt: str,
+    interventions: Sequence[Sequence[Intervention]],
+    *,
+    start: int = -1,
+    keep_cache: bool = False,
+    batch_size: int = 256,
+    staircase: bool = True,
+) -> RunResult:
+    """Last-position logits ``[rows, vocab]`` of ``prompt``, one row per list of interventions.
+
+    Positions before ``start`` (negative: from the end) are shared through a cached prefix; interventions
+    must act at positions ``>= start`` (knockouts may block any keys). ``staircase=False`` runs every row
+    through every block (the reference the staircase is tested against). ``keep_cache`` returns the KV cache
+    of the whole prompt for every row (for decoding on; rows are then not chunked).
+    """
+    ids = lm.to_ids(prompt)
+    if not ids:
+        raise ValueError(f"prompt {prompt!r} tokenizes to nothing")
+    n = len(ids)
+    s = start + n if start < 0 else start
+    if not 0 <= s < n:
+        raise ValueError(f"start {start} is outside the prompt of {n} tokens")
+    rows = rows_of(interventions, len(interventions))
+    if not rows:
+        raise ValueError("prompt_pass needs at least one row of interventions (an empty list is a clean row)")
+    for r in rows:
+        for iv in r:
+            if first_position(iv.site.position, n) < s:
+                raise ValueError(f"{iv.op} at {iv.site} acts before position {s}, which this pass does not recompute "
+                                 f"(start={start}); use an earlier start")
+    if keep_cache or len(rows) <= batch_size:
+        return _chunk(lm, ids, s, rows, keep_cache, staircase)
+    parts = [_chunk(lm, ids, s, rows[i:i + batch_size], False, staircase) for i in range(0, len(rows), batch_size)]
+    return RunResult(torch.cat([p.logits for p in parts]), [c for p in parts for c in p.cache])
+
+
+def run_last_position(lm: "LoadedModel", prompt: str, interventions: Sequence[Sequence[Intervention]], *,
+                      keep_cache: bool = False) -> RunResult:
+    """:func:`prompt_pass` from the last position (interventions at the last prompt token only)."""
+    return prompt_pass(lm, prompt, interventions, start=-1, keep_cache=keep_cache)
+
+
+def _chunk(lm: "LoadedModel", ids: list[int], s: int, rows: list[list[Intervention]], keep_cache: bool,
+           staircase: bool) -> RunResult:
+    n, r = len(ids), len(rows)
+    dev = lm.device
+    stair = staircase and _staircase_allowed(rows)
+    if stair:
+        index, plan = plan_staircase(lm, rows)
+        batch, sizes = 1, plan.sizes
+    else:
+        index, plan = list(range(r)), None
+        batch, sizes = r, [r] * lm.n_layers
+    past = kv.fork(STORE.get(lm, ids[:s]), sizes) if s > 0 else None
+    input_ids = torch.tensor([ids[s:]] * batch, dtype=torch.long, device=dev)
+    mask = torch.ones((batch, n), dtype=torch.long, device=dev)
+    positions = torch.arange(s, n, device=dev)[None].expand(batch, -1)
+    layout = Layout.shared(r, n, s)
+    logits, cache, session = forward(lm, input_ids, mask, positions, rows, layout, past=past,
+                                     use_cache=keep_cache or past is not None, last_only=True,
+                                     index=index, staircase=plan)
+    order = torch.tensor(index, dtype=torch.long, device=logits.device)
+    logits = logits[:, -1].float().index_select(0, order)
+    if keep_cache and stair:
+        cache = kv.complete(cache, r + 1, order)
+    return RunResult(logits, session.cache, None, cache if keep_cache else None)
