@@ -1,18 +1,32 @@
-"""Options and helpers shared by every CLI command."""
+"""Options and helpers shared by every CLI command (each command takes the same run options)."""
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import typer
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Embedded name, local HF folder, .gguf file or hub id "
                         "(default: the embedded SmolLM2-135M-Instruct).")
 DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")
-DtypeOpt = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
+DtypeOpt = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16 (scores are computed in float32).")
 OutOpt = typer.Option(None, "--out", help="Run folder to write (default: runs/<command>-<timestamp>).")
 ResumeOpt = typer.Option(None, "--resume", help="Finish an interrupted run folder, skipping what it holds.")
 SeedOpt = typer.Option(0, "--seed", help="Random seed.")
+ThreadsOpt = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice).")
+QuickOpt = typer.Option(False, "--quick", help="A small smoke-test size (verdicts are marked indicative).")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+
+
+def configure(threads: Optional[int] = None) -> None:
+    """Process-wide settings every command applies first (torch threads)."""
+    if threads is not None:
+        if threads < 1:
+            fail(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def load(model: Optional[str], device: str = "cpu", dtype: str = "float32"):
@@ -23,11 +37,20 @@ def load(model: Optional[str], device: str = "cpu", dtype: str = "float32"):
     try:
         return hopscope.load_model(model, device=device, dtype=dtype)
     except (ModelLoadError, FileNotFoundError, ValueError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from err
+        fail(str(err))
 
 
 def fail(message: str) -> None:
     """Print one clear error and exit with status 2."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors bad input raises (ValueError, KeyError, FileNotFoundError, ...) into one line."""
+    try:
+        yield
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        fail(str(msg))
