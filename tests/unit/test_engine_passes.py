@@ -1,0 +1,219 @@
+"""Invariants of the engine's shared computation, on tiny models of every family.
+
+- The staircase (rows join the batch at the block of their first intervention) equals the full-depth pass.
+- A prompt pass from any start equals running the whole prompt per row.
+- Prompts sharing a token prefix, run once from the cached prefix, equal each prompt run alone.
+- Early-stopped generation gives exactly the prefix of the unstopped generation of each row.
+- A weight change through hopscope's own code never lets a stale prefix cache be used.
+- The open ``transform`` op and the ``mlp_hidden`` site act exactly where they say.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from hopscope.engine import (
+    Site, add, cache, generate, knockout, prompt_pass, replace, run, run_with_cache, scale, transform, weights_changed,
+    zero_ablate,
+)
+from hopscope.engine.prefix import STORE
+
+PROMPT = "The Eiffel Tower is located in the city of"
+FEW_SHOT = "Q: Where is the Colosseum? A: Rome.\nQ: Where is Big Ben? A: London.\nQ: "
+QUESTIONS = ["Where is the Eiffel Tower? A:", "Where is the Brandenburg Gate? A:", "Where is it? A:",
+             "Where is the Statue of Liberty located? A:"]
+TOL = 1e-4
+
+
+def _patch_rows(lm, position=-1, seed=0):
+    """One row per layer patched at ``position`` with a random vector, plus a knockout row and a clean row."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [[replace(Site(l, "resid_post", position), torch.randn(lm.d_model, generator=g))] for l in range(lm.n_layers)]
+    rows += [[add(Site(l, "attn_out", position), torch.randn(lm.d_model, generator=g))] for l in range(lm.n_layers)]
+    rows.append([knockout(lm.n_layers - 1, keys=(-3, -1), query=-1)])  # inside any sliding window
+    rows.append([])
+    return rows
+
+
+def _full(lm, prompt, rows):
+    return run(lm, [prompt] * len(rows), rows, last_only=True, share_prefix=False).logits
+
+
+def test_staircase_equals_full_depth(tiny_model):
+    lm = tiny_model
+    rows = _patch_rows(lm)
+    stair = prompt_pass(lm, PROMPT, rows).logits
+    flat = prompt_pass(lm, PROMPT, rows, staircase=False).logits
+    full = _full(lm, PROMPT, rows)
+    assert (stair - full).abs().max().item() <= TOL
+    assert (flat - full).abs().max().item() <= TOL
+    # not vacuous: the patched rows differ from the clean row
+    assert (full[:-1] - full[-1]).abs().amax(-1).min().item() > 1e-4
+
+
+@pytest.mark.parametrize("start", [0, 2, -3, -1])
+def test_prompt_pass_from_any_start_equals_the_whole_prompt(tiny_model, start):
+    lm = tiny_model
+    n = len(lm.to_ids(PROMPT))
+    pos = (start + n if start < 0 else start) + 1 if (start + n if start < 0 else start) + 1 < n else -1
+    g = torch.Generator().manual_seed(3)
+    rows = [[replace(Site(l, "resid_pre", pos), torch.randn(lm.d_model, generator=g))] for l in range(lm.n_layers)]
+    rows.append([scale(Site(0, "mlp_out", None), 0.5)] if start == 0 else [])
+    got = prompt_pass(lm, PROMPT, rows, start=start).logits
+    assert (got - _full(lm, PROMPT, rows)).abs().max().item() <= TOL
+
+
+def test_prompt_pass_refuses_patches_before_start(tiny_llama):
+    with pytest.raises(ValueError, match="does not recompute"):
+        prompt_pass(tiny_llama, PROMPT, [[zero_ablate(Site(1, "resid_pre", 1))]], start=3)
+
+
+def test_generation_from_a_shared_prompt_equals_naive(tiny_model):
+    lm = tiny_model
+    rows = _patch_rows(lm, seed=1)
+    for start in (-1, 2):
+        pos = -1 if start == -1 else 4
+        rows_s = _patch_rows(lm, position=pos, seed=1) if start != -1 else rows
+        fast = generate(lm, PROMPT, rows_s, max_new_tokens=5, start=start, first_logits=True)
+        naive = generate(lm, PROMPT, rows_s, max_new_tokens=5, first_logits=True, fast=False)
+        assert fast.tokens == naive.tokens
+        assert (fast.first_logits - naive.first_logits).abs().max().item() <= TOL
+
+
+def test_shared_prefix_across_prompts_equals_each_prompt_alone(tiny_model):
+    lm = tiny_model
+    prompts = [FEW_SHOT + q for q in QUESTIONS]
+    ids = [lm.to_ids(p) for p in prompts]
+    assert min(len(x) for x in ids) > 8 and len({len(x) for x in ids}) > 1  # padded after the shared prefix
+    shared = run(lm, prompts, last_only=True).logits
+    alone = torch.cat([run(lm, [p], last_only=True, share_prefix=False).logits for p in prompts])
+    assert (shared - alone).abs().max().item() <= TOL
+    gen = generate(lm, prompts, max_new_tokens=4, first_logits=True)
+    for i, p in enumerate(prompts):
+        ref = generate(lm, [p], max_new_tokens=4, fast=False)
+        assert gen.tokens[i] == ref.tokens[0], p
+    # rows with interventions after the shared prefix keep them
+    rows = [[zero_ablate(Site(1, "attn_out", -1))] for _ in prompts]
+    got = run(lm, prompts, rows, last_only=True).logits
+    ref = torch.cat([run(lm, [p], [r], last_only=True, share_prefix=False).logits for p, r in zip(prompts, rows)])
+    assert (got - ref).abs().max().item() <= TOL
+    assert (got - shared).abs().max().item() > 1e-4
+
+
+def test_early_stopped_generation_is_a_prefix_of_the_unstopped(tiny_model):
+    lm = tiny_model
+    rows = _patch_rows(lm, seed=2)
+    full = generate(lm, PROMPT, rows, max_new_tokens=6)
+    stop_after = {i: 1 + i % 5 for i in range(len(rows))}  # row i stops once it has 1 + i % 5 tokens
+    stopped = generate(lm, PROMPT, rows, max_new_tokens=6, stop=lambda row, toks: len(toks) >= stop_after[row])
+    for i, (a, b) in enumerate(zip(stopped.tokens, full.tokens)):
+        assert a == b[:len(a)] and len(a) == stop_after[i], i
+    per_row = generate(lm, [PROMPT, FEW_SHOT + QUESTIONS[0]], max_new_tokens=6, stop=lambda row, toks: row == 0)
+    ref = generate(lm, [PROMPT, FEW_SHOT + QUESTIONS[0]], max_new_tokens=6)
+    assert per_row.tokens[0] == ref.tokens[0][:1] and per_row.tokens[1] == ref.tokens[1]
+
+
+def test_weight_change_never_uses_a_stale_prefix_cache():
+    from hopscope.models import tiny
+
+    lm = tiny("llama", seed=5)
+    rows = [[replace(Site(1, "resid_post", -1), torch.ones(lm.d_model))]]
+    before = prompt_pass(lm, PROMPT, rows).logits
+    # an optimizer step (what hopscope's training code does) changes the weights in place
+    opt = torch.optim.SGD(lm.model.parameters(), lr=0.05)
+    out = lm.model(input_ids=torch.tensor([lm.to_ids(PROMPT)]))
+    torch.log_softmax(out.logits[0, :, :100], -1)[:, 0].mean().backward()
+    opt.step()
+    lm.model.zero_grad()
+    after = prompt_pass(lm, PROMPT, rows).logits
+    ref = _full(lm, PROMPT, rows)
+    assert (after - ref).abs().max().item() <= TOL
+    assert (after - before).abs().max().item() > 1e-3
+    # an explicit declaration drops the model's entries at once
+    weights_changed(lm)
+    assert all(k[0] != lm.model._hopscope_uid for k in STORE._entries)
+
+
+def test_prefix_store_is_keyed_by_model_not_by_id():
+    from hopscope.models import tiny
+
+    a = tiny("llama", seed=1)
+    la = prompt_pass(a, PROMPT, [[]]).logits
+    del a
+    b = tiny("llama", seed=2)  # may reuse a's id(); must not reuse its cache
+    lb = prompt_pass(b, PROMPT, [[]]).logits
+    assert (lb - _full(b, PROMPT, [[]])).abs().max().item() <= TOL
+    assert (la - lb).abs().max().item() > 1e-3
+
+
+def test_prefix_store_is_bounded():
+    from hopscope.engine.prefix import PrefixStore
+    from hopscope.models import tiny
+
+    lm = tiny("llama")
+    store = PrefixStore(max_bytes=1)
+    for text in ("a b c d", "e f g h", "i j k l"):
+        store.get(lm, lm.to_ids(text))
+    assert len(store) == 1
+
+
+def test_transform_sees_and_replaces_exactly_its_slice(tiny_llama):
+    lm = tiny_llama
+    seen = {}
+
+    def double(value, row):
+        seen[row] = value.clone()
+        return value * 2
+
+    site = Site(1, "attn_out", -1)
+    got = run(lm, [PROMPT, PROMPT], [[transform(site, double), cache(site)], []], last_only=True).logits
+    ref = run(lm, [PROMPT], [[scale(site, 2.0)]], last_only=True).logits
+    assert (got[0] - ref[0]).abs().max().item() <= TOL
+    assert set(seen) == {0} and seen[0].shape == (1, lm.d_model)
+    with pytest.raises(ValueError, match="must return a tensor of shape"):
+        run(lm, [PROMPT], [[transform(site, lambda v, r: v[:, :3])]])
+
+
+def test_mlp_hidden_is_the_input_of_the_down_projection(tiny_model):
+    lm = tiny_model
+    _, acts = run_with_cache(lm, PROMPT, components=("mlp_hidden", "mlp_out"), layers=[1])
+    hidden, out = acts["mlp_hidden", 1][0], acts["mlp_out", 1][0]
+    down = lm.adapter.mlp_down[1]
+    w = down.weight.T if type(down).__name__ == "Conv1D" else down.weight  # [d_model, d_mlp]
+    bias = down.bias if down.bias is not None else 0
+    if lm.adapter.mlp[1] is down or type(lm.adapter.mlp[1]).__name__ != "Identity":
+        assert (hidden @ w.T + bias - out).abs().max().item() <= 1e-4
+    # zeroing every neuron leaves only the bias of the down projection
+    z = run_with_cache(lm, PROMPT, components=("mlp_out",), layers=[1],
+                       interventions=[[zero_ablate(Site(1, "mlp_hidden", None))]])[1]["mlp_out", 1][0]
+    expect = torch.zeros_like(z) + (down.bias if down.bias is not None else 0)
+    assert (z - expect).abs().max().item() <= 1e-5
+
+
+def test_hook_names_work_everywhere_a_site_does(tiny_llama):
+    lm = tiny_llama
+    _, acts = run_with_cache(lm, PROMPT, components=("resid_post", "attn_pattern"))
+    assert torch.equal(acts["blocks.2.hook_resid_post"], acts["resid_post", 2])
+    assert torch.equal(acts["blocks.1.attn.hook_pattern"], acts["attn_pattern", 1])
+    v = acts["resid_post", 1][0, -1]
+    a = run(lm, [PROMPT], [[replace("blocks.1.hook_resid_post", v * 0)]], last_only=True).logits
+    b = run(lm, [PROMPT], [[replace(Site(1, "resid_post", -1), v * 0)]], last_only=True).logits
+    assert torch.equal(a, b)
+    _, tl = run_with_cache(lm, PROMPT, components=("blocks.0.hook_mlp_out", "ln_final.hook_normalized"))
+    assert ("mlp_out", 0) in tl and ("final_norm", lm.n_layers - 1) in tl
+    with pytest.raises(ValueError, match="did you mean blocks.1.hook_resid_post"):
+        run_with_cache(lm, PROMPT, components=("blocks.1.hook_resid_pst",))
+
+
+def test_no_deprecation_warning_from_hopscopes_own_calls(tiny_llama, caplog):
+    import logging
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        generate(tiny_llama, [PROMPT, FEW_SHOT + QUESTIONS[1]], max_new_tokens=3)
+        generate(tiny_llama, PROMPT, [[], []], max_new_tokens=3, start=2)
+    text = " ".join([str(w.message) for w in caught] + [r.getMessage() for r in caplog.records])
+    assert "deprecated" not in text.lower(), text
