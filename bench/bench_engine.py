@@ -1,74 +1,298 @@
-"""Engine benchmarks on the default model, each a ratio against the naive way measured in the same run.
+"""Engine benchmarks: each workload timed the naive way, hopscope's way and (where installed) the peer
+libraries' best way, in one run on one model, printed as ratios with the max abs difference to the naive
+result, and the achieved share of the machine's matmul throughput measured at the model's shapes.
 
-1. Caching every layer's resid_post vs a plain forward (target <= 1.3x).
-2. Patching the last-token residual of a clean prompt into a corrupted prompt at each of the L layers:
-   naive (L separate full forwards) vs the engine's batched run vs the last-position fast path
-   (target: fast path >= 10x faster than naive), with the max abs logit difference between them.
+Workloads (issue 11's targets in brackets):
+  cache      cache every layer's resid_post vs one plain forward                      [<= 1.1x]
+  patch      last-token patch of resid_post at each layer vs one naive forward per layer [>= 20x; beat nnsight]
+  backpatch  one two-hop query, every (s, t) pair x 4 conditions, 10 new tokens vs the per-pair loop
+             [>= 30x without early stopping, >= 60x with it]
+  knowledge  the knowledge filter's generations for 200 three-shot queries (5 prompts each) vs each prompt
+             running its own few-shot prefix, batched as before                        [>= 4x]
+  (the decode loops of backpatch and knowledge should reach >= 30% of the matmul throughput)
 
-Usage: python bench/bench_engine.py [--model NAME] [--repeats 5]
+    python bench/bench_engine.py                      # everything, default model
+    python bench/bench_engine.py --only patch,cache   # some workloads
+    python bench/bench_engine.py --quick              # small sizes, to check the script runs
+
+Peers: ``pip install "hopscope[bench]"`` (nnsight, transformer-lens). Run alone on the machine: with two cores a
+parallel job halves every number; the load average is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import time
+from typing import Callable
 
 import torch
 
 import hopscope
-from hopscope.engine import Site, replace, run, run_last_position, run_with_cache
+from hopscope.engine import MatchRule, Site, clear_prefix_cache, generate, prompt_pass, replace, run, run_with_cache
+from hopscope.engine.compat import cache_kwarg
+
+TWO_HOP = "The currency of the country whose capital is Nairobi is the"
+ALIASES = ["Kenyan shilling", "shilling"]
+CONDITIONS = ("back", "forward", "random", "unrelated")
 
 
-def best_of(fn, repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls (after one warm-up)."""
-    fn()
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """Median wall time over ``repeats`` calls after one warm-up, and the last result."""
+    out = fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        fn()
+        out = fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(times), out
+
+
+def matmul_gflops(lm, rows: int = 256) -> float:
+    """Measured float32 matmul throughput (GFLOP/s) at the model's MLP and unembedding shapes."""
+    d, v = lm.d_model, lm.d_vocab
+    d_mlp = lm.adapter.mlp_down[0].weight.shape[1 if type(lm.adapter.mlp_down[0]).__name__ != "Conv1D" else 0]
+    shapes = [(rows, d, d_mlp), (rows, d_mlp, d), (rows, d, v)]
+    flops = times = 0.0
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        t, _ = timed(lambda: a @ b, 5)
+        flops += 2 * m * k * n
+        times += t
+    return flops / times / 1e9
+
+
+def token_flops(lm, context: int) -> float:
+    """FLOPs of one token through the model (its linear layers, the unembedding, attention over ``context``)."""
+    linear = sum(m.weight.numel() for m in lm.model.modules() if isinstance(m, torch.nn.Linear) or
+                 type(m).__name__ == "Conv1D")
+    attn = 2 * 2 * lm.n_layers * lm.n_heads * lm.d_head * context
+    return 2 * linear + attn
+
+
+def report(name: str, rows: list[tuple[str, float, float | None]], baseline: float, target: str = "") -> None:
+    print(f"\n[{name}] {target}")
+    for label, t, diff in rows:
+        ratio = baseline / t if t else float("nan")
+        d = "" if diff is None else f"  max|diff| {diff:.1e}"
+        print(f"  {label:<44} {t * 1e3:10.1f} ms  {ratio:7.1f}x{d}")
+
+
+# ---- workloads --------------------------------------------------------------------------------------------
+def bench_cache(lm, repeats: int) -> None:
+    prompt = "The Eiffel Tower is located in the city of Paris, which is the capital of"
+    ids = torch.tensor([lm.to_ids(prompt)])
+    t_plain, _ = timed(lambda: run(lm, [prompt]), repeats)
+    t_cache, _ = timed(lambda: run_with_cache(lm, [prompt], components=("resid_post",)), repeats)
+    with torch.no_grad():
+        t_hf, _ = timed(lambda: lm.model(input_ids=ids), repeats)
+    report("cache every resid_post", [("plain forward (HF)", t_hf, None), ("hopscope run, no cache", t_plain, None),
+                                       ("hopscope run_with_cache(resid_post)", t_cache, None)], t_hf,
+           f"cost of caching: {t_cache / t_hf:.2f}x one plain forward (target <= 1.1x)")
+
+
+def _peer_patch_nnsight(lm, prompt: str, values: list[torch.Tensor]):
+    from nnsight import NNsight
+
+    m = NNsight(lm.model)
+    layers = lm.adapter.blocks
+    ids = lm.to_ids(prompt)
+    n, L = len(ids), len(values)
+    names = [n_ for n_, mod in lm.model.named_modules() if any(mod is b for b in layers)]
+
+    def envoy(i):
+        obj = m
+        for part in names[i].split("."):
+            obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+        return obj
+
+    def fn():
+        clear_prefix_cache()
+        with torch.no_grad():
+            pre = lm.model(input_ids=torch.tensor([ids[:-1]]), use_cache=True)
+            cache = pre["cache"] if "cache" in pre.keys() else pre["past_key_values"]
+            cache.batch_repeat_interleave(L)
+            kw = {cache_kwarg(lm.model): cache}
+            with m.trace(torch.tensor([[ids[-1]]] * L), attention_mask=torch.ones(L, n, dtype=torch.long),
+                         position_ids=torch.full((L, 1), n - 1), use_cache=True, **kw):
+                for l in range(L):
+                    envoy(l).output[l, -1, :] = values[l]
+                out = m.output.logits.save()
+        return out[:, -1].float()
+    return fn
+
+
+def _peer_patch_tl(lm, prompt: str, values: list[torch.Tensor]):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    folder = lm.source if os.path.isdir(lm.source) else None
+    if folder is None:
+        raise RuntimeError("TransformerLens needs the model's folder")
+    bridge = TransformerBridge.boot_transformers(folder, hf_model=lm.model, tokenizer=lm.tokenizer)
+    L = len(values)
+    toks = torch.tensor([lm.to_ids(prompt)] * L)
+
+    def hook(l):
+        def f(x, hook):
+            x = x.clone()
+            x[l, -1] = values[l]
+            return x
+        return f
+
+    hooks = [(f"blocks.{l}.hook_resid_post", hook(l)) for l in range(L)]
+
+    def fn():
+        with torch.no_grad():
+            return bridge.run_with_hooks(toks, fwd_hooks=hooks)[:, -1].float()
+    return fn
+
+
+def bench_patch(lm, repeats: int) -> None:
+    clean = "The Eiffel Tower is located in the city of"
+    corrupt = "The Colosseum is located in the city of"
+    _, acts = run_with_cache(lm, [clean], components=("resid_post",))
+    values = [acts["resid_post", l][0, -1] for l in range(lm.n_layers)]
+    rows = [[replace(Site(l, "resid_post", -1), v)] for l, v in enumerate(values)]
+
+    def naive():
+        return torch.cat([run(lm, [corrupt], [r], last_only=True, share_prefix=False).logits for r in rows])
+
+    def batched():
+        return run(lm, [corrupt] * len(rows), rows, last_only=True, share_prefix=False).logits
+
+    def fast():
+        clear_prefix_cache()  # count the prefix pass in every repeat
+        return prompt_pass(lm, corrupt, rows).logits
+
+    t_naive, ref = timed(naive, repeats)
+    out = [("naive: one full forward per layer", t_naive, 0.0)]
+    for label, fn in (("hopscope batched run (full prompt)", batched), ("hopscope prompt_pass (prefix + staircase)", fast)):
+        t, got = timed(fn, repeats)
+        out.append((label, t, (got - ref).abs().max().item()))
+    for label, make in (("nnsight: prefix KV + batched trace", _peer_patch_nnsight),
+                        ("TransformerLens bridge: batched run_with_hooks", _peer_patch_tl)):
+        try:
+            fn = make(lm, corrupt, values)
+            t, got = timed(fn, repeats)
+            out.append((label, t, (got - ref).abs().max().item()))
+        except Exception as err:  # noqa: BLE001 - a peer missing or failing is reported, not fatal
+            print(f"  ({label}: not measured: {type(err).__name__}: {str(err)[:120]})")
+    report(f"last-token patch at each of {lm.n_layers} layers", out, t_naive, "speed-up vs naive (target >= 20x)")
+
+
+def _backpatch_rows(lm, prompt: str, layers: list[int], seed: int = 0) -> list[list]:
+    _, acts = run_with_cache(lm, [prompt], components=("resid_post",))
+    _, other = run_with_cache(lm, ["The weather in the mountains was cold, so the hikers packed warm"],
+                              components=("resid_post",))
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for cond in CONDITIONS:
+        for s in layers:
+            for t in layers:
+                if (s > t) if cond != "forward" else (s < t):
+                    h = acts["resid_post", s][0, -1]
+                    if cond == "random":
+                        r = torch.randn(h.shape, generator=g)
+                        h = r / r.norm() * h.norm()
+                    elif cond == "unrelated":
+                        h = other["resid_post", s][0, -1]
+                    rows.append([replace(Site(t, "resid_post", -1), h)])
+    return rows
+
+
+def bench_backpatch(lm, repeats: int, naive_rows: int, quick: bool) -> None:
+    layers = list(range(lm.n_layers)) if not quick else list(range(0, lm.n_layers, 5))
+    rows = _backpatch_rows(lm, TWO_HOP, layers)
+    n_new = 10
+    rule = MatchRule(max_new_tokens=n_new)
+    stop = rule.stopper(lm, [ALIASES] * len(rows))
+    sample = rows[:: max(1, len(rows) // naive_rows)][:naive_rows]
+
+    def naive():
+        return [generate(lm, [TWO_HOP], [r], max_new_tokens=n_new, fast=False).tokens[0] for r in sample]
+
+    t_sample, ref = timed(naive, 0)
+    t_naive = t_sample * len(rows) / len(sample)
+    t_fast, gen = timed(lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new), max(1, repeats // 3))
+    t_stop, gen_s = timed(lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new, stop=stop), max(1, repeats // 3))
+    step = max(1, len(rows) // naive_rows)
+    agree = sum(a == b for a, b in zip(ref, gen.tokens[::step][:len(sample)])) / len(sample)
+    verdicts = [rule.matches(lm.tokenizer.decode(t), ALIASES) for t in gen.tokens]
+    verdicts_s = [rule.matches(lm.tokenizer.decode(t), ALIASES) for t in gen_s.tokens]
+    n_prompt = len(lm.to_ids(TWO_HOP))
+    flops = len(rows) * sum(token_flops(lm, n_prompt + i) for i in range(n_new))
+    peak = matmul_gflops(lm)
+    report(f"back-patching one query: {len(rows)} rows ({len(layers)} layers, 4 conditions), {n_new} new tokens",
+           [(f"naive per-pair loop (timed on {len(sample)} rows, scaled)", t_naive, None),
+            ("hopscope generate (shared prefix, staircase)", t_fast, None),
+            ("hopscope generate + early stopping", t_stop, None)], t_naive,
+           "targets: >= 30x, >= 60x with early stopping")
+    print(f"  identical generations on the naive sample: {agree:.0%}; early stopping changes "
+          f"{sum(a != b for a, b in zip(verdicts, verdicts_s))} of {len(rows)} verdicts")
+    print(f"  decode throughput without stopping: {flops / t_fast / 1e9:.1f} GFLOP/s = "
+          f"{flops / t_fast / 1e9 / peak:.0%} of the measured matmul peak {peak:.1f} GFLOP/s (target >= 30%)")
+
+
+def bench_knowledge(lm, repeats: int, quick: bool) -> None:
+    from hopscope.data import build_two_hop
+    from hopscope.data.builders import DEFAULT_TWO_HOP
+
+    per = 4 if quick else max(1, 200 // len(DEFAULT_TWO_HOP) + 1)
+    queries = [q for comp in DEFAULT_TWO_HOP for q in build_two_hop(comp, n=per, seed=0, k_shot=3)][:(20 if quick else 200)]
+    prompts = [p for q in queries for p in (q.first_hop_prompt, q.second_hop_prompt, q.prompt,
+                                            q.entity_shortcut_prompt, q.relation_shortcut_prompt)]
+    n_new = 10
+
+    def naive():  # the old way: left-padded batches of 32, each prompt running its own few-shot prefix
+        return [t for i in range(0, len(prompts), 32)
+                for t in generate(lm, prompts[i:i + 32], max_new_tokens=n_new, fast=False).tokens]
+
+    def fast():
+        clear_prefix_cache()
+        return generate(lm, prompts, max_new_tokens=n_new, batch_size=64).tokens
+
+    t_naive, ref = timed(naive, 0)
+    t_fast, got = timed(fast, max(0, repeats // 3))
+    same = sum(a == b for a, b in zip(ref, got)) / len(prompts)
+    mean_len = sum(len(lm.to_ids(p)) for p in prompts) / len(prompts)
+    flops = len(prompts) * sum(token_flops(lm, mean_len + i) for i in range(n_new))
+    peak = matmul_gflops(lm)
+    report(f"knowledge filter: {len(queries)} queries x 5 three-shot prompts, {n_new} new tokens",
+           [("each prompt with its own prefix (batches of 32)", t_naive, None),
+            ("hopscope generate (shared few-shot prefixes)", t_fast, None)], t_naive, "target >= 4x")
+    print(f"  identical generations: {same:.1%} of {len(prompts)} prompts; {len(prompts) / t_fast:.1f} prompts/s")
+    print(f"  decode throughput: {flops / t_fast / 1e9:.1f} GFLOP/s (generated tokens only) = "
+          f"{flops / t_fast / 1e9 / peak:.0%} of the matmul peak {peak:.1f} GFLOP/s")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--only", default="cache,patch,backpatch,knowledge")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--naive-rows", type=int, default=40, help="back-patching rows timed on the naive side")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     lm = hopscope.load_model(args.model)
-    clean = "The Eiffel Tower is located in the city of"
-    corrupt = "The Colosseum is located in the city of"
-    L = lm.n_layers
-    print(f"model {lm.name} ({L} layers), torch threads {torch.get_num_threads()}")
-
-    ids = torch.tensor([lm.to_ids(clean)])
-    plain = best_of(lambda: lm.model(input_ids=ids), args.repeats)
-    cached = best_of(lambda: run_with_cache(lm, [clean], components=("resid_post",)), args.repeats)
-    print(f"[cache] plain forward {plain * 1e3:.1f} ms | cache all resid_post {cached * 1e3:.1f} ms | "
-          f"ratio {cached / plain:.2f}x (target <= 1.3x)")
-
-    _, acts = run_with_cache(lm, [clean], components=("resid_post",))
-    rows = [[replace(Site(l, "resid_post", -1), acts["resid_post", l][0, -1])] for l in range(L)]
-
-    def naive():
-        return torch.cat([run(lm, [corrupt], [r], last_only=True).logits for r in rows])
-
-    def batched():
-        return run(lm, [corrupt] * L, rows, last_only=True).logits
-
-    def fast():
-        from hopscope.engine import fast as fast_mod
-
-        fast_mod._PREFIX_CACHE.clear()  # count the prefix pass in every repeat
-        return run_last_position(lm, corrupt, rows).logits
-
-    t_naive, t_batched, t_fast = (best_of(f, args.repeats) for f in (naive, batched, fast))
-    a, b, c = naive(), batched(), fast()
-    print(f"[patch x{L} layers] naive {t_naive * 1e3:.1f} ms | batched {t_batched * 1e3:.1f} ms "
-          f"({t_naive / t_batched:.1f}x) | fast path {t_fast * 1e3:.1f} ms ({t_naive / t_fast:.1f}x, target >= 10x)")
-    print(f"  max |logit diff| naive-batched {(a - b).abs().max().item():.2e}, naive-fast {(a - c).abs().max().item():.2e}")
+    print(f"model {lm.name}: {lm.n_layers} layers, d_model {lm.d_model}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {platform.machine()}, load average {os.getloadavg()}")
+    print(f"measured matmul throughput at the model's shapes: {matmul_gflops(lm):.1f} GFLOP/s (float32)")
+    work = set(args.only.split(","))
+    if "cache" in work:
+        bench_cache(lm, args.repeats)
+    if "patch" in work:
+        bench_patch(lm, args.repeats)
+    if "backpatch" in work:
+        bench_backpatch(lm, args.repeats, 8 if args.quick else args.naive_rows, args.quick)
+    if "knowledge" in work:
+        bench_knowledge(lm, args.repeats, args.quick)
+    print(f"\nload average at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
