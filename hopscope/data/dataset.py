@@ -38,6 +38,22 @@ def _format_of(path: Path) -> str:
     raise ValueError(f"{path}: unknown dataset format {path.suffix!r}; use .jsonl, .csv or .parquet")
 
 
+def check_output_path(path: str | Path, *, suffixes: tuple[str, ...] = (".jsonl", ".ndjson", ".csv", ".parquet")
+                      ) -> Path:
+    """``path`` as a file to write, or a ``ValueError`` saying why it cannot be one (a folder, an
+    unknown extension, a parent that is a file)."""
+    path = Path(path)
+    names = ", ".join(suffixes)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name ending in {names}")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{path}: unknown file type {path.suffix or '(none)'!r}; give a file name ending in {names}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{path}: {parent} is a file, not a folder")
+    return path
+
+
 class Dataset:
     """Records in a fixed order, plus a name and free-form info (e.g. attribution)."""
 
@@ -159,7 +175,7 @@ class Dataset:
     def save(self, path: str | Path) -> Path:
         """Write JSONL, CSV or Parquet (by extension). Nested fields become JSON text in CSV
         and Parquet; dataset info goes to the Parquet metadata / a ``.info.json`` sidecar."""
-        path = Path(path)
+        path = check_output_path(path)
         fmt = _format_of(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = self.to_rows()
@@ -183,6 +199,8 @@ class Dataset:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"dataset file not found: {path}")
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; give a dataset file (.jsonl, .csv or .parquet)")
         fmt = _format_of(path)
         if fmt == "jsonl":
             rows = list(_read_jsonl(path))
@@ -235,4 +253,4 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_no, row
 
 
-__all__ = ["Dataset", "FORMATS", "RECORD_TYPES"]
+__all__ = ["Dataset", "FORMATS", "RECORD_TYPES", "check_output_path"]

@@ -28,7 +28,7 @@ def answer_group(record: Record) -> str:
 
 def answer_ids(tokenizer: Any, answer: str) -> list[int]:
     """Token ids of the answer as it continues a prompt (leading space, no bare-space token)."""
-    from hopscope.engine.answers import answer_token_ids
+    from hopscope.engine.scoring import answer_token_ids
 
     return answer_token_ids(tokenizer, answer)
 

@@ -169,6 +169,10 @@ COMPOSITIONS: dict[str, CompositionSpec] = {c.name: c for c in (
     CompositionSpec("city_country_capital", "city_country", "country_capital"),
     CompositionSpec("city_country_currency", "city_country", "country_currency"),
     CompositionSpec("city_country_continent", "city_country", "country_continent", shortcut_prone=True),
+    CompositionSpec("city_country_language", "city_country", "country_language"),
+    CompositionSpec("city_country_demonym", "city_country", "country_demonym"),
+    CompositionSpec("city_country_neighbor", "city_country", "country_neighbor"),
+    CompositionSpec("capital_country_neighbor", "capital_country", "country_neighbor"),
 )}
 
 DEFAULT_SINGLE_HOP = ("country_capital", "country_currency", "country_language", "country_continent",

@@ -69,3 +69,42 @@ def test_filter_prints_subsets_and_writes_table(app, tmp_path, tiny_gpt2, monkey
     assert "subset counts" in res.output and "wrong_no_shortcut" in res.output
     frame = pd.read_parquet(table)
     assert len(frame) == 3 and set(frame["composition"]) == {"capital_country_currency", "city_country_capital"}
+
+
+def test_build_out_folder_is_one_clear_error(app, tmp_path):
+    res = runner.invoke(app, ["data", "build", "world-facts", "--out", str(tmp_path), "--n", "1"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"error: --out {tmp_path} is a folder; give a file name ending in .jsonl" in res.output
+    res = runner.invoke(app, ["data", "build", "world-facts", "--out", str(tmp_path / "wf.txt"), "--n", "1"])
+    assert res.exit_code == 2 and "unknown file type '.txt'" in res.output
+
+
+def test_build_prints_duplicate_resolution_and_counts(app, tmp_path):
+    out = tmp_path / "wf.jsonl"
+    res = runner.invoke(app, ["data", "build", "world-facts", "--out", str(out), "--n", "150", "--k-shot", "1",
+                              "--relations", "capital_country",
+                              "--compositions", "capital_country_currency,capital_country_currency"])
+    assert res.exit_code == 0, res.output  # n=150 used to stop at "duplicate qid 'capital_country:belgrade:t0'"
+    assert "capitals shared by several countries: 1 resolved to the dominant country (1 dropped)" in res.output
+    assert "capital_country_currency: 150 queries" in res.output and "capital_country: 150 queries" in res.output
+    ds = Dataset.load(out)
+    assert len(ds) == 300 and ds.info["report"]["compositions"]["capital_country_currency"]["queries"] == 150
+
+
+def test_load_hopping_too_late_file(app, tmp_path):
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "htl_two_hop_rbe.csv"
+    out = tmp_path / "htl.jsonl"
+    res = runner.invoke(app, ["data", "load", "hopping-too-late", str(fixture), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert [r.qid for r in Dataset.load(out)] == [f"htl:{i}" for i in range(5)]
+    shown = runner.invoke(app, ["data", "show", str(fixture)])  # recognised by its columns
+    assert shown.exit_code == 0 and "e1='Barack Obama'" in shown.output
+    bad = tmp_path / "bad.csv"
+    lines = fixture.read_text(encoding="utf-8").splitlines()
+    lines[2] = lines[2].replace(",Christopher Nolan,", ",,")  # row 2 loses its e2_label
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    res = runner.invoke(app, ["data", "load", "hopping-too-late", str(bad), "--out", str(out)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"error: {bad}, row 2, field 'e2_label': is empty" in res.output

@@ -69,36 +69,105 @@ def test_memory_injection_errors_name_file_row_field(tmp_path):
 
 # -- Hopping Too Late ----------------------------------------------------------------------------
 
-def test_hopping_too_late_fixture():
-    ds = load_hopping_too_late(FIXTURES / "htl_two_hop.csv")
-    assert len(ds) == 3
+# Columns that src/create_dataset.py of edenbiran/HoppingTooLate writes: two_hop.csv, then two_hop_rbe.csv
+HTL_BASE_COLUMNS = ["", "id", "e1", "r1", "e2", "r2", "e3", "e1_aliases", "e2_aliases", "e3_aliases", "e1_type",
+                    "e2_type", "e3_type", "r1_type", "r2_type", "e1_label", "r1_label", "e2_label", "r2_label",
+                    "e3_label", "e1_popularity", "e2_popularity", "e3_popularity"]
+HTL_RBE_COLUMNS = ["", "id", "e1", "r1", "e2", "r2", "e3", "e1_label", "e2_label", "e3_label", "e1_aliases",
+                   "e2_aliases", "e3_aliases", "e1_type", "r1_type", "e2_type", "r2_type", "e3_type", "e1_popularity",
+                   "e2_popularity", "e3_popularity", "r1_template", "r2_template", "prompt"]
+
+
+def test_hopping_too_late_fixtures_have_the_scripts_columns():
+    for name, columns in (("htl_two_hop.csv", HTL_BASE_COLUMNS), ("htl_two_hop_rbe.csv", HTL_RBE_COLUMNS)):
+        header = (FIXTURES / name).read_text(encoding="utf-8").splitlines()[0].split(",")
+        assert header == columns, name
+
+
+def test_hopping_too_late_rbe_file_maps_to_the_papers_prompts():
+    ds = load_hopping_too_late(FIXTURES / "htl_two_hop_rbe.csv")
+    assert [q.qid for q in ds] == [f"htl:{i}" for i in range(5)]
     q = ds[0]
-    assert q.prompt == "the spouse of the mother of Barack Obama is"  # source_prompt kept as is
-    assert q.first_hop_prompt == "The mother of Barack Obama is"
-    assert q.second_hop_prompt == "The spouse of Ann Dunham is"
-    assert q.entity_shortcut_prompt == "The spouse of Barack Obama is"
-    assert q.relation_shortcut_prompt == "the spouse of the mother of someone is"
+    assert (q.e1, q.e2, q.e3, q.r1, q.r2) == ("Barack Obama", "Ann Dunham", "Lolo Soetoro", "mother", "spouse")
+    assert q.composition == "mother->spouse"
+    assert q.prompt == "the spouse of the mother of Barack Obama is"  # the file's prompt, lower case as the paper's
+    assert q.first_hop_prompt == "the mother of Barack Obama is"  # evaluate_dataset.py: f"{r1_template.format(e1)} is"
+    assert q.second_hop_prompt == "the spouse of Ann Dunham is"
+    assert q.entity_shortcut_prompt == "the spouse of Barack Obama is"
+    assert q.relation_shortcut_prompt == "the spouse of the mother"  # r2(r1('')) minus its trailing " of "
+    assert q.prompt[slice(*q.first_hop_span)] == "the mother of Barack Obama"  # the paper's e1 source string
+    assert q.e1_span[1] == q.first_hop_span[1] and q.prompt[slice(*q.e1_span)] == "Barack Obama"
     assert q.e2_aliases == ["Stanley Ann Dunham", "Ann O'Dunham"]  # list strings with inner quotes
-    assert q.e3_aliases == []
-    assert q.meta["ids"] == {"e1": "Q76", "e2": "Q766106", "e3": "Q1379733"}
-    assert q.prompt[slice(*q.first_hop_span)] == "the mother of Barack Obama"
-    built = ds[1]  # no source_prompt: composed from the templates
-    assert built.prompt == "The country of the place of birth of Douglas Adams is"
-    assert built.e3_aliases == ["UK", "U.K.", "Britain"]
+    assert q.e3_aliases == ["Lolo"]
+    assert q.meta["ids"] == {"e1": "Q900001", "r1": "P25", "e2": "Q900002", "r2": "P26", "e3": "Q900003"}
+    assert q.meta["e1_aliases"] == ["Obama", "Barack Hussein Obama II"]
+    assert q.meta["types"]["e1_type"] == "human" and q.meta["popularity"]["e1_popularity"] == 31250
+    assert q.meta["templates"] == {"r1": "the mother of {}", "r2": "the spouse of {}", "style": "rbe"}
+    sweden = ds[2]
+    assert sweden.e3_aliases == ["Kingdom of Sweden", "SE"]  # one-character aliases dropped, as get_answers does
+    potter = ds[4]  # an apostrophe in e1 and a double-quoted alias
+    assert potter.e1 == "Harry Potter and the Philosopher's Stone"
+    assert potter.meta["e1_aliases"] == ["Harry Potter and the Sorcerer's Stone"]
+    assert potter.prompt[slice(*potter.e1_span)] == potter.e1
 
 
-def test_hopping_too_late_bad_rows(tmp_path):
-    frame = pd.read_csv(FIXTURES / "htl_two_hop.csv", dtype=str, keep_default_na=False)
-    frame.loc[1, "e2_aliases"] = "['Cambridge"
-    path = tmp_path / "two_hop.csv"
-    frame.to_csv(path, index=False)
+def test_hopping_too_late_base_file_rebuilds_the_papers_templates():
+    rbe = load_hopping_too_late(FIXTURES / "htl_two_hop_rbe.csv")
+    base = load_hopping_too_late(FIXTURES / "htl_two_hop.csv")  # no templates, no prompt
+    fields = ("qid", "prompt", "first_hop_prompt", "second_hop_prompt", "entity_shortcut_prompt",
+              "relation_shortcut_prompt", "first_hop_span", "e1_span", "e2_aliases", "e3_aliases", "r1", "r2")
+    for a, b in zip(rbe, base):
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+    spotify = base[2]  # P112 "founded by" is phrased "the founder of {}" by the paper
+    assert spotify.first_hop_prompt == "the founder of Spotify is"
+    assert spotify.meta["popularity"]["e3_popularity"] == 40100.0
+
+
+def test_hopping_too_late_rae_and_evaluated_files(tmp_path):
+    frame = _htl_rbe().iloc[:1].copy()
+    frame["r2_template"] = "{} has a spouse named"  # the script's relation-after-entity template for P26
+    frame["prompt"] = "the mother of Barack Obama has a spouse named"
+    path = tmp_path / "two_hop_rae.csv"
+    frame.to_csv(path)
+    q = load_hopping_too_late(path)[0]
+    assert q.second_hop_prompt == "Ann Dunham has a spouse named"  # no " is" after an rae template
+    assert q.entity_shortcut_prompt == "Barack Obama has a spouse named"
+    assert q.relation_shortcut_prompt == "the mother has a spouse named"
+    assert q.meta["templates"]["style"] == "rae" and q.prompt[slice(*q.first_hop_span)] == "the mother of Barack Obama"
+    # evaluate_dataset.py's output: source_prompt plus the per-hop correctness columns
+    evaluated = _htl_rbe().rename(columns={"prompt": "source_prompt"})
+    evaluated["first_hop_correct"], evaluated["composition_correct"] = "True", "False"
+    path = tmp_path / "evaluated.csv"
+    evaluated.to_csv(path)
+    q = load_hopping_too_late(path)[1]
+    assert q.prompt == "the spouse of the director of Inception is"
+    assert q.meta["paper_eval"] == {"first_hop_correct": True, "composition_correct": False}
+
+
+def _htl_rbe(**cells: tuple[int, str]) -> pd.DataFrame:
+    """The rbe fixture as read by pandas (index column kept), with ``column=(row position, value)`` edits."""
+    frame = pd.read_csv(FIXTURES / "htl_two_hop_rbe.csv", dtype=str, keep_default_na=False, index_col=0)
+    for column, (row, value) in cells.items():
+        frame.iloc[row, frame.columns.get_loc(column)] = value
+    return frame
+
+
+def test_hopping_too_late_malformed_row_names_file_row_and_field(tmp_path):
+    path = tmp_path / "two_hop_rbe.csv"
+    _htl_rbe(e3_label=(2, "")).to_csv(path)
+    with pytest.raises(RecordError) as err:
+        load_hopping_too_late(path)
+    assert (err.value.file, err.value.row, err.value.field) == (str(path), 3, "e3_label")
+    assert str(err.value) == f"{path}, row 3, field 'e3_label': is empty"
+    _htl_rbe(e2_aliases=(1, "['Christopher Nolan")).to_csv(path)
     with pytest.raises(RecordError) as err:
         load_hopping_too_late(path)
     assert (err.value.row, err.value.field) == (2, "e2_aliases")
-    frame = pd.read_csv(FIXTURES / "htl_two_hop.csv", dtype=str, keep_default_na=False)
-    frame.loc[2, "r1_template"] = "the country of citizenship of"
-    frame.to_csv(path, index=False)
-    with pytest.raises(RecordError, match=r"row 3, field 'r1_template': template .* exactly one '\{\}'"):
+    _htl_rbe(r1_template=(4, "the author of")).to_csv(path)
+    with pytest.raises(RecordError, match=r"row 5, field 'r1_template': template .* exactly one '\{\}'"):
+        load_hopping_too_late(path)
+    _htl_rbe().drop(columns=["r1_template", "r2_template", "r1", "r2", "r1_type", "r2_type"]).to_csv(path)
+    with pytest.raises(RecordError, match="field 'r1_template': needs r1_template and r2_template"):
         load_hopping_too_late(path)
 
 

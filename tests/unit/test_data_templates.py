@@ -8,7 +8,7 @@ import pytest
 
 from hopscope.data import COMPOSITIONS, RELATIONS, build_single_hop, build_two_hop, build_world_facts, fill
 from hopscope.data.aliases import normalize
-from hopscope.data.builders import Fact, composition_chains, pick_demos, relation_facts
+from hopscope.data.builders import Fact, choose_demos, composition_chains, relation_facts
 from hopscope.data.templates import RelationSpec, few_shot_prefix, placeholders
 
 
@@ -125,11 +125,14 @@ def test_compositions_never_leak_the_answer_in_e1():
     assert "Mexico City" not in capitals and "Kuwait City" not in capitals  # would name the country
 
 
-def test_pick_demos_prefers_distinct_answers():
+def test_choose_demos_prefers_disjoint_demos_and_avoids_forbidden_entities():
     pool = [Fact(f"s{i}", a) for i, a in enumerate(["euro", "euro", "euro", "dollar", "yen", "peso"])]
-    demos = pick_demos(pool, 3, random.Random(0), avoid_subjects=["s5"], avoid_answers=["peso"])
+    demos = choose_demos(pool, 3, random.Random(0), forbidden=frozenset({"s5", "peso"}))
     assert len(demos) == 3
     assert sorted(d.answer for d in demos) == ["dollar", "euro", "yen"]
+    # a pool too small for disjoint demos fills up with repeats rather than returning fewer
+    assert len(choose_demos(pool[:3], 3, random.Random(0))) == 3
+    assert choose_demos(pool, 0, random.Random(0)) == []
 
 
 def test_world_facts_dataset_has_attribution_and_counts():
