@@ -120,6 +120,7 @@ def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, n
     """Greedy continuation from a prompt cache into ``out[row_ids[i]]``; stopped rows leave the batch."""
     tok = first.argmax(-1)
     live = list(range(len(row_ids)))
+    padded = bool((mask == 0).any())  # without padding the model needs no mask: every new token sees everything
     for i, t in zip(live, tok.tolist()):
         out[row_ids[i]].append(int(t))
     for _ in range(max_new_tokens - 1):
@@ -133,11 +134,11 @@ def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, n
                 tok, mask, next_pos = tok[idx], mask[idx], next_pos[idx]
                 live = [live[j] for j in keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        step = call_model(lm.model, past=cache, input_ids=tok[:, None], attention_mask=mask,
+        step = call_model(lm.model, past=cache, input_ids=tok[:, None], attention_mask=mask if padded else None,
                           position_ids=next_pos[:, None], use_cache=True, logits_to_keep=1)
         cache = output_cache(step)
         next_pos = next_pos + 1
-        tok = step.logits[:, -1].argmax(-1)
+        tok = step.logits[:, -1].argmax(-1).to(mask.device)  # a model split over devices ends on another one
         for i, t in zip(live, tok.tolist()):
             out[row_ids[i]].append(int(t))
 
