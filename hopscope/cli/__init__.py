@@ -10,7 +10,7 @@ app = typer.Typer(help="hopscope: locate, explain and repair multi-hop reasoning
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 # Modules under hopscope/cli/ that define ``register(app)``; each owns its commands.
-AREAS = ("core", "data", "runs", "probe", "backpatch", "inject", "recall", "study")
+AREAS = ("core", "data", "runs", "compare", "probe", "backpatch", "inject", "recall", "study", "sweep")
 
 
 def _register_all() -> None:

@@ -1,4 +1,4 @@
-"""``hopscope runs list`` and ``hopscope runs show``: look at past run folders."""
+"""``hopscope runs list``, ``runs show`` and ``runs report``: look at past run folders."""
 
 from __future__ import annotations
 
@@ -45,12 +45,18 @@ def show_command(
 
 @runs_app.command("report")
 def report_command(folder: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
-    """(Re)render FOLDER/report.html from what the folder holds now (e.g. after an interrupted run)."""
+    """(Re)render FOLDER/report.html from what the folder holds now (e.g. after an interrupted run);
+    a study first gathers its children's claims again."""
+    from hopscope.report.claims_store import gather_and_write
     from hopscope.report.html import write_report
 
     if not layout.is_run_folder(folder):
         typer.echo(f"error: {folder} is not a run folder (no {layout.CONFIG})", err=True)
         raise typer.Exit(1)
+    config = layout.read_config(folder)
+    if layout.children(folder, config):
+        gather_and_write(folder, config)
+        layout.write_json(folder / layout.CONFIG, config)
     typer.echo(str(write_report(folder)))
 
 

@@ -1,5 +1,10 @@
 """Reusable plots for the analyses. Every function returns a ``matplotlib.figure.Figure`` built without
-pyplot (no global state, rendered by Agg when saved): hand it to ``RunFolder.save_figure``."""
+pyplot (no global state, rendered by Agg when saved): hand it to ``RunFolder.save_figure``.
+
+``heatmap``, ``line_curves``, ``bar_chart``, ``points_plot`` and ``interval_plot`` also carry an
+interactive Plotly twin (values on hover) that ``save_figure`` stores beside the PNG and report.html
+draws; the PNG is the fallback. ``interactive(fig, spec)`` attaches a spec to any other Figure.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,14 @@ from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from hopscope.stats import bootstrap_ci
+
+from .interactive import PALETTE, attach, reference_line
+from .interactive import axis as _axis
+from .interactive import layout as _layout
+
+interactive = attach  # interactive(fig, {"data": [...], "layout": {...}}) -> fig
 
 MAX_TICKS = 40
 
@@ -109,7 +122,24 @@ def heatmap(
                 ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=8,
                         color="white" if dark else "black")
     _tidy(ax, title, xlabel, ylabel)
-    return fig
+    xs = [str(v) for v in (x_labels if x_labels is not None else range(n_cols))]
+    ys = [str(v) for v in (y_labels if y_labels is not None else range(n_rows))]
+    trace: dict[str, Any] = {
+        "type": "heatmap", "z": data, "x": xs, "y": ys, "colorscale": "RdBu" if center is not None else "Viridis",
+        "reversescale": center is not None, "colorbar": {"title": {"text": colorbar_label}} if colorbar_label else {},
+        "hovertemplate": f"{xlabel or 'x'}: %{{x}}<br>{ylabel or 'y'}: %{{y}}<br>"
+                         f"{colorbar_label or 'value'}: %{{z:.4g}}<extra></extra>",
+        "hoverongaps": False,
+    }
+    if center is not None:
+        trace.update(zmid=center, zmin=norm.vmin, zmax=norm.vmax)
+    elif vmin is not None or vmax is not None:
+        trace.update(zmin=vmin, zmax=vmax)
+    if annotate or (annotate is None and data.size <= 150):
+        trace["texttemplate"] = "%{z:.2f}"
+    return attach(fig, {"data": [trace], "layout": _layout(
+        title, xaxis=_axis(xlabel, type="category"), yaxis=_axis(ylabel, type="category", autorange="reversed"),
+        height=int(min(900, max(300, 120 + 22 * n_rows))))})
 
 
 def line_curves(
@@ -157,7 +187,25 @@ def line_curves(
     if len(series) > 1:
         ax.legend(frameon=False, fontsize=9, loc="best")
     _tidy(ax, title, xlabel, ylabel)
-    return fig
+    traces: list[dict[str, Any]] = []
+    for i, (name, values) in enumerate(series.items()):
+        xs = np.arange(len(values)) if x is None else np.asarray(x)
+        colour = PALETTE[i % 10]
+        if bands and name in bands:
+            low, high = (np.asarray(b, dtype=float) for b in bands[name])
+            traces.append({"type": "scatter", "x": list(xs) + list(xs[::-1]), "y": list(low) + list(high[::-1]),
+                           "fill": "toself", "fillcolor": colour, "opacity": 0.18, "line": {"width": 0},
+                           "hoverinfo": "skip", "showlegend": False, "legendgroup": str(name)})
+        traces.append({"type": "scatter", "mode": "lines+markers" if markers else "lines", "name": str(name),
+                       "x": xs, "y": np.asarray(values, dtype=float), "line": {"color": colour},
+                       "legendgroup": str(name), "marker": {"size": 5},
+                       "hovertemplate": f"{name}<br>{xlabel or 'x'}: %{{x}}<br>{ylabel or 'value'}: %{{y:.4g}}"
+                                        "<extra></extra>"})
+    shapes = [] if hline is None else [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": hline,
+                                        "y1": hline, "line": {"dash": "dash", "color": "#666", "width": 1}}]
+    return attach(fig, {"data": traces, "layout": _layout(
+        title, xaxis=_axis(xlabel), yaxis=_axis(ylabel, type="log" if logy else "linear"), shapes=shapes,
+        showlegend=len(series) > 1)})
 
 
 def _all_integers(values: Sequence[Any]) -> bool:
@@ -250,4 +298,115 @@ def bar_chart(
         _tidy(ax, title, xlabel, ylabel)
     if annotate and n <= 40:
         ax.bar_label(bars, labels=[fmt.format(h) for h in heights], padding=2, fontsize=8)
-    return fig
+    trace: dict[str, Any] = {"type": "bar", "x": heights if horizontal else names, "y": names if horizontal else heights,
+                             "orientation": "h" if horizontal else "v", "marker": {"color": [PALETTE[i % 10]
+                                                                                            for i in range(n)]}}
+    if err is not None:
+        trace["error_x" if horizontal else "error_y"] = {"type": "data", "array": err, "visible": True}
+    value_axis = "x" if horizontal else "y"
+    trace["hovertemplate"] = f"%{{{'y' if horizontal else 'x'}}}: %{{{value_axis}:.4g}}<extra></extra>"
+    return attach(fig, {"data": [trace], "layout": _layout(
+        title, xaxis=_axis(ylabel if horizontal else xlabel), yaxis=_axis(
+            xlabel if horizontal else ylabel, **({"autorange": "reversed"} if horizontal else {})))})
+
+
+def points_plot(
+    groups: Mapping[str, Sequence[float]],
+    title: str = "",
+    ylabel: str = "",
+    *,
+    ids: Mapping[str, Sequence[Any]] | None = None,
+    reference: float | None = None,
+    reference_label: str = "control",
+    xlabel: str | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Figure:
+    """Every unit's value as a point (jittered, seeded), per group, with the group mean and its 95%
+    bootstrap interval as an error bar; ``reference`` draws a dashed line (e.g. the control value).
+    ``ids`` (group -> unit ids, e.g. qids) are shown on hover in the live figure."""
+    if not groups:
+        raise ValueError("points_plot needs at least one group")
+    names = [str(k) for k in groups]
+    values = [np.asarray(v, dtype=float) for v in groups.values()]
+    fig, ax = _figure(min(14.0, max(4.5, 1.8 + 1.1 * len(names))), 4.2)
+    rng = np.random.default_rng(0)
+    traces: list[dict[str, Any]] = []
+    for i, (name, v) in enumerate(zip(names, values, strict=True)):
+        keep = np.isfinite(v)
+        jitter = rng.uniform(-0.15, 0.15, int(keep.sum()))
+        ax.scatter(i + jitter, v[keep], s=9, color="0.35", alpha=0.5, zorder=2)
+        unit_ids = [str(u) for u, k in zip(ids[name], keep, strict=True) if k] if ids and name in ids else None
+        trace: dict[str, Any] = {"type": "scatter", "mode": "markers", "name": name, "x": i + jitter, "y": v[keep],
+                                 "marker": {"color": "rgba(80,80,80,0.5)", "size": 6}, "showlegend": False}
+        if unit_ids is not None:
+            trace.update(text=unit_ids, hovertemplate=f"{name}<br>%{{text}}: %{{y:.4g}}<extra></extra>")
+        else:
+            trace["hovertemplate"] = f"{name}: %{{y:.4g}}<extra></extra>"
+        traces.append(trace)
+        if keep.any():
+            mean = float(v[keep].mean())
+            low, high = bootstrap_ci(v[keep], n_resamples=n_resamples, seed=seed)
+            ax.errorbar([i + 0.32], [mean], yerr=[[mean - low], [high - mean]], fmt="o", color=f"C{i % 10}",
+                        capsize=4, markersize=6, zorder=3)
+            traces.append({"type": "scatter", "mode": "markers", "x": [i + 0.32], "y": [mean], "showlegend": False,
+                           "marker": {"color": PALETTE[i % 10], "size": 10},
+                           "error_y": {"type": "data", "symmetric": False, "array": [high - mean],
+                                       "arrayminus": [mean - low]},
+                           "hovertemplate": f"{name}: mean %{{y:.4g}} [{low:.4g}, {high:.4g}], n = {int(keep.sum())}"
+                                            "<extra></extra>"})
+    shapes, notes = [], []
+    if reference is not None:
+        ax.axhline(reference, color="0.4", linestyle="--", linewidth=1, label=reference_label)
+        ax.legend(frameon=False, fontsize=9)
+        shape, note = reference_line(reference, reference_label)
+        shapes, notes = [shape], [note]
+    ax.set_xticks(range(len(names)), names)
+    ax.grid(True, axis="y", alpha=0.3)
+    _tidy(ax, title, xlabel, ylabel)
+    return attach(fig, {"data": traces, "layout": _layout(
+        title, shapes=shapes, annotations=notes,
+        xaxis=_axis(xlabel, tickmode="array", tickvals=list(range(len(names))), ticktext=names,
+                                         range=[-0.6, len(names) - 0.4], zeroline=False, showgrid=False),
+        yaxis=_axis(ylabel))})
+
+
+def interval_plot(
+    rows: Sequence[Mapping[str, Any]],
+    title: str = "",
+    xlabel: str = "",
+    *,
+    reference: float | None = None,
+    reference_label: str = "control",
+) -> Figure:
+    """A forest plot: one row per estimate (``label``, ``value``, ``low``, ``high``, optional ``n``) with its
+    interval as a horizontal error bar; ``reference`` draws a dashed vertical line."""
+    if not rows:
+        raise ValueError("interval_plot needs at least one row")
+    labels = [str(r["label"]) for r in rows]
+    value = np.asarray([r["value"] for r in rows], dtype=float)
+    low = np.asarray([r["low"] for r in rows], dtype=float)
+    high = np.asarray([r["high"] for r in rows], dtype=float)
+    fig, ax = _figure(7.5, min(10.0, max(2.0, 0.9 + 0.42 * len(rows))))
+    y = np.arange(len(rows))
+    ax.errorbar(value, y, xerr=[value - low, high - value], fmt="o", color="C0", capsize=4)
+    if reference is not None:
+        ax.axvline(reference, color="0.4", linestyle="--", linewidth=1, label=reference_label)
+        ax.legend(frameon=False, fontsize=9, loc="best")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.grid(True, axis="x", alpha=0.3)
+    _tidy(ax, title, xlabel, None)
+    hover = [f"{lab}: %{{x:.4g}} [{lo:.4g}, {hi:.4g}]" + (f", n = {r['n']}" if r.get("n") is not None else "")
+             for lab, lo, hi, r in zip(labels, low, high, rows, strict=True)]
+    shapes, notes = [], []
+    if reference is not None:
+        shape, note = reference_line(reference, reference_label, vertical=True)
+        shapes, notes = [shape], [note]
+    trace = {"type": "scatter", "mode": "markers", "x": value, "y": labels, "marker": {"size": 9, "color": PALETTE[0]},
+             "error_x": {"type": "data", "symmetric": False, "array": high - value, "arrayminus": value - low},
+             "hovertemplate": [h + "<extra></extra>" for h in hover]}
+    return attach(fig, {"data": [trace], "layout": _layout(
+        title, shapes=shapes, annotations=notes, xaxis=_axis(xlabel, zeroline=False),
+        yaxis=_axis(None, autorange="reversed", type="category"),
+        height=int(min(800, max(220, 90 + 34 * len(rows)))))})

@@ -6,6 +6,10 @@ renderer and the ``runs`` CLI).
     <run>/tables/          tidy tables (see hopscope.report.tables)
     <run>/figures/*.png    figures
     <run>/report.html      the self-contained report
+    <run>/claims.parquet   the claims tested (hopscope.stats.CLAIM_COLUMNS; a study: its children's, Holm across all)
+    <run>/claims-own.parquet  a study's own claims, kept apart from the gathered ones
+    <run>/claim_figures.json  claim id -> the figure that shows its uncertainty (and the folder holding it)
+    <run>/compare.parquet  ``hopscope compare``: every run's claims, one row per (run, claim)
     <run>/<child>/         child run folders of a study (listed in config["children"])
 """
 
@@ -21,6 +25,10 @@ SECTIONS = "sections.json"
 TABLES = "tables"
 FIGURES = "figures"
 REPORT = "report.html"
+CLAIMS = "claims.parquet"
+CLAIMS_OWN = "claims-own.parquet"
+CLAIM_FIGURES = "claim_figures.json"
+COMPARE = "compare.parquet"
 FORMAT_VERSION = 1
 
 
@@ -76,3 +84,8 @@ def effective_status(config: dict[str, Any]) -> str:
         if not provenance.pid_alive(int(pid)):
             return "stopped"
     return status
+
+
+def is_quick(config: dict[str, Any]) -> bool:
+    """A quick (smoke-test) run: its verdicts are indicative only."""
+    return bool(config.get("quick") or (config.get("args") or {}).get("quick"))

@@ -10,12 +10,15 @@
         run.write_table("summary", df)
         run.save_figure("fix_rate", fig)
         run.add_section("Back-patching", text="...", figures=["fix_rate"],
-                        tables={"per query": "pairs"}, headline={"oracle fix rate": 0.31})
+                        tables={"per query": "pairs"}, headline=[Headline("oracle fix rate", 0.31, n=200)])
+        run.write_claims([rate_vs_control(...), ...],          # claims.parquet (Holm across them)
+                         figures={"hop.backpatch_fix": {"table": "pairs", "value": "fixed", "by": "patch"}})
         run.finish()                            # report.html, status done, end time
 
 Studies: ``study.child("backpatch")`` makes a run folder inside the study's folder; ``study.finish()``
-renders one page holding the study's own sections and every child's sections (each child also keeps
-its own config, tables and report).
+gathers every child's claims into the study's claims.parquet (Holm across all of them) and renders one
+page holding the study's claims and sections and every child's sections (each child also keeps its own
+config, tables, claims and report).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from typing import Any
 
 import pandas as pd
 
-from . import layout, provenance
+from hopscope.stats import apply_holm, claims_frame, empty_claims
+
+from . import claims_store, headline, interactive, layout, provenance
 from .sections import DEFAULT_MAX_ROWS, make_section, slug
 from .tables import IncrementalTable, TableStore, check_name
 
@@ -62,8 +67,12 @@ class RunFolder:
         root: str | os.PathLike[str] = "runs",
         csv: bool = False,
         argv: Sequence[str] | None = None,
+        quick: bool = False,
     ) -> RunFolder:
-        """Start a new run in ``out`` (must not hold a run yet) or in ``<root>/<command>-<timestamp>``."""
+        """Start a new run in ``out`` (must not hold a run yet) or in ``<root>/<command>-<timestamp>``.
+
+        ``quick``: a smoke-test run at small fixed sizes; its report marks the verdicts as indicative.
+        """
         check_name(command, "command")
         started = provenance.now()
         path = _new_folder(command, started.strftime("%Y%m%d-%H%M%S"), out, Path(root))
@@ -85,6 +94,7 @@ class RunFolder:
             "pid": os.getpid(),
             "error": None,
             "csv": bool(csv),
+            "quick": bool(quick),
             "children": [],
         }
         run = cls(path, config, writable=True)
@@ -140,11 +150,12 @@ class RunFolder:
         seed: int | None = None,
         root: str | os.PathLike[str] = "runs",
         csv: bool = False,
+        quick: bool = False,
     ) -> RunFolder:
-        """What a CLI command calls with its ``--out``/``--resume``/``--seed``/``--csv`` options."""
+        """What a CLI command calls with its ``--out``/``--resume``/``--seed``/``--csv``/``--quick`` options."""
         if resume is not None:
             return cls.resume(resume, command=command, args=args)
-        return cls.create(command, args, out=out, seed=seed, root=root, csv=csv)
+        return cls.create(command, args, out=out, seed=seed, root=root, csv=csv, quick=quick)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RunFolder:
@@ -169,6 +180,11 @@ class RunFolder:
         return str(self.config.get("status"))
 
     @property
+    def quick(self) -> bool:
+        """A smoke-test run (``quick`` in config.json, or a ``quick`` argument): verdicts are indicative."""
+        return layout.is_quick(self.config)
+
+    @property
     def figures_dir(self) -> Path:
         return self.path / layout.FIGURES
 
@@ -178,10 +194,10 @@ class RunFolder:
 
     @property
     def headline(self) -> dict[str, Any]:
-        """All headline numbers of this run's sections (a later section's value wins on a name clash)."""
+        """All headline numbers of this run's sections, label -> value (a later section wins on a clash)."""
         out: dict[str, Any] = {}
         for section in self.sections():
-            out.update(section.get("headline", {}))
+            out.update(headline.as_dict(headline.normalize(section.get("headline"))))
         return out
 
     def __repr__(self) -> str:
@@ -247,7 +263,11 @@ class RunFolder:
 
     # ---- figures -----------------------------------------------------------------------------------
     def save_figure(self, name: str, fig: Any, *, dpi: int = 110) -> Path:
-        """Save a matplotlib Figure as ``figures/<name>.png`` and close it; returns the path."""
+        """Save a matplotlib Figure as ``figures/<name>.png`` and close it; returns the path.
+
+        A figure from :mod:`hopscope.report.figures` (or given a spec with ``figures.interactive``) also
+        gets ``figures/<name>.plotly.json``, drawn live in report.html with the PNG as its fallback.
+        """
         self._require_writable()
         check_name(name, "figure")
         if not hasattr(fig, "savefig"):
@@ -257,8 +277,97 @@ class RunFolder:
         tmp = path.with_name(f"{name}.tmp.png")
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", facecolor="white")
         os.replace(tmp, path)
+        spec_path = self.figures_dir / f"{name}{interactive.SPEC_SUFFIX}"
+        spec = interactive.spec_of(fig)
+        if spec is not None:
+            spec_tmp = spec_path.with_name(spec_path.name + ".tmp")
+            spec_tmp.write_text(interactive.script_json(spec), encoding="utf-8")
+            os.replace(spec_tmp, spec_path)
+        elif spec_path.exists():
+            spec_path.unlink()
         _close_figure(fig)
         return path
+
+    # ---- claims ------------------------------------------------------------------------------------
+    def write_claims(
+        self,
+        claims: Any,
+        *,
+        figures: Mapping[str, Any] | None = None,
+        n_resamples: int | None = None,
+    ) -> Path:
+        """Write the claims this run tested to ``<run>/claims.parquet`` (Holm across them).
+
+        ``claims``: a list of :class:`hopscope.stats.Claim` or a claims DataFrame. ``figures``: claim
+        id -> the figure showing its uncertainty: a saved figure's name, a Figure (saved as
+        ``claim-<id>``), or ``{"table": name, "value": column, "by": column or None, "id": "qid"}``
+        to plot every unit's value from a stored table (points plus mean and 95% interval). Without
+        one, a figure saved as ``claim-<id>`` is used; every claim also gets its interval drawn.
+        ``n_resamples`` (default: the claims' own) is recorded in config.json with the verdict rule.
+        A run with children keeps these in claims-own.parquet; finish() gathers them with the children's.
+        """
+        self._require_writable()
+        frame = apply_holm(claims_frame(claims))
+        resamples = n_resamples if n_resamples is not None else frame.attrs.get("n_resamples")
+        target = layout.CLAIMS_OWN if self.config.get("children") else layout.CLAIMS
+        specs = claims_store.read_figures(self.path)
+        for cid, fig in (figures or {}).items():
+            if cid not in set(frame["id"]):
+                raise KeyError(f"figure given for claim {cid!r}, which is not among the claims written")
+            specs[cid] = {"figure": self._claim_figure(cid, fig, frame), "folder": "."}
+        layout.write_json(self.path / layout.CLAIM_FIGURES, specs)
+        self.config["stats"] = claims_store.stats_config(resamples)
+        path = claims_store.write_frame(self.path, frame, target)
+        self.config["claims_source"] = "own"
+        if target == layout.CLAIMS_OWN:
+            self.gather_claims()
+        self._save()
+        return path
+
+    def load_claims(self) -> pd.DataFrame:
+        """This run's claims (a study: gathered from its children); an empty frame when it has none."""
+        frame = claims_store.read_claims(self.path)
+        return frame if frame is not None else empty_claims()
+
+    def gather_claims(self) -> pd.DataFrame:
+        """A study: its own claims plus every child's, Holm across all, written to claims.parquet."""
+        self._require_writable()
+        frame = claims_store.gather_and_write(self.path, self.config)
+        self._save()
+        return frame
+
+    def _claim_figure(self, cid: str, fig: Any, frame: pd.DataFrame) -> str:
+        if isinstance(fig, str):
+            check_name(fig, "figure")
+            if not (self.figures_dir / f"{fig}.png").exists():
+                raise FileNotFoundError(f"claim {cid!r}: no figure {fig!r} saved in {self.figures_dir}")
+            return fig
+        name = f"claim-{slug(cid)}"
+        if isinstance(fig, Mapping):
+            fig = self._table_points(cid, fig, frame)
+        self.save_figure(name, fig)
+        return name
+
+    def _table_points(self, cid: str, spec: Mapping[str, Any], frame: pd.DataFrame) -> Any:
+        from .figures import points_plot
+
+        table, value = spec.get("table"), spec.get("value")
+        if not table or not value:
+            raise ValueError(f"claim {cid!r}: a table figure needs 'table' and 'value'")
+        df = self.load_table(str(table))
+        by, id_col = spec.get("by"), spec.get("id", "qid")
+        for column in [value, by] if by else [value]:
+            if column not in df.columns:
+                raise KeyError(f"claim {cid!r}: table {table!r} has no column {column!r}")
+        groups = {str(k): g for k, g in df.groupby(by, sort=False)} if by else {str(value): df}
+        ids = {k: g[id_col].tolist() for k, g in groups.items()} if id_col in df.columns else None
+        row = frame.loc[frame["id"] == cid].iloc[0]
+        reference = spec.get("reference")
+        return points_plot({k: pd.to_numeric(g[value], errors="coerce").to_numpy(dtype=float)
+                            for k, g in groups.items()},
+                           title=str(spec.get("title") or row["measure"]), ylabel=str(spec.get("ylabel") or value),
+                           ids=ids, reference=float(reference) if reference is not None else None,
+                           reference_label=str(spec.get("reference_label") or "control"), xlabel=by)
 
     # ---- report ------------------------------------------------------------------------------------
     def sections(self) -> list[dict[str, Any]]:
@@ -270,7 +379,7 @@ class RunFolder:
         text: str = "",
         figures: Sequence[Any] = (),
         tables: Mapping[str, pd.DataFrame | str] | None = None,
-        headline: Mapping[str, Any] | None = None,
+        headline: Mapping[str, Any] | Sequence[Any] | None = None,
         *,
         max_rows: int = DEFAULT_MAX_ROWS,
     ) -> None:
@@ -278,7 +387,9 @@ class RunFolder:
 
         ``figures``: names of saved figures or Figure objects (saved as ``<title-slug>-<i>``).
         ``tables``: display name -> DataFrame (its first ``max_rows`` rows are kept) or the name of a
-        stored table (read when the report is rendered). ``headline``: name -> number shown on top.
+        stored table (read when the report is rendered). ``headline``: the section's key numbers, as
+        ``[Headline(label, value, n, low, high, unit), ...]`` (or dicts with those keys) or the old
+        ``{label: value}``; entries without a label or a value are dropped.
         ``text`` is plain text; blank lines separate paragraphs.
         """
         self._require_writable()
@@ -313,17 +424,26 @@ class RunFolder:
             run = RunFolder.resume(path)
         else:
             run = RunFolder.create(command, args, out=path, seed=self.seed, csv=bool(self.config.get("csv")))
-            run.config.update(model=self.config.get("model"), dataset=self.config.get("dataset"), parent="..")
+            run.config.update(model=self.config.get("model"), dataset=self.config.get("dataset"), parent="..",
+                              quick=self.quick)
             run._save()
         if command not in self.config["children"]:
             self.config["children"].append(command)
             self._save()
         return run
 
+    def set_quick(self, quick: bool = True) -> None:
+        """Mark this run as a quick smoke test (its report calls the verdicts indicative)."""
+        self._require_writable()
+        self.config["quick"] = bool(quick)
+        self._save()
+
     def render(self) -> Path:
-        """(Re)write report.html from what is in the folder now."""
+        """(Re)write report.html from what is in the folder now (a study first gathers its claims)."""
         from .html import write_report
 
+        if self._writable and layout.children(self.path, self.config):
+            self.gather_claims()
         self._save()
         return write_report(self.path)
 

@@ -9,15 +9,30 @@ from typing import Any
 
 import pandas as pd
 
-from . import formatting, layout
+from hopscope.stats import verdict_counts
+
+from . import claims_store, formatting, headline, layout
 from .tables import TableStore
 
-LIST_COLUMNS = ["folder", "command", "model", "status", "started", "duration"]
+LIST_COLUMNS = ["folder", "command", "model", "status", "started", "duration", "claims"]
+
+
+def claims_line(folder: str | os.PathLike[str]) -> str:
+    """'3 supported, 1 contradicted, 5 inconclusive of 9' (empty when the run has no claims)."""
+    try:
+        frame = claims_store.read_claims(folder)
+    except (OSError, ValueError) as err:
+        return f"unreadable: {err}"
+    if frame is None or not len(frame):
+        return ""
+    c = verdict_counts(frame)
+    return f"{c['supported']} supported, {c['contradicted']} contradicted, {c['inconclusive']} inconclusive"
 
 
 def list_runs(root: str | os.PathLike[str] = "runs") -> pd.DataFrame:
     """One row per run folder directly under ``root`` (newest first): folder, command, model, status,
-    started, duration (seconds of work, across resumed sessions). Unreadable configs are shown as such."""
+    started, duration (seconds of work, across resumed sessions), claims (verdict counts). Unreadable
+    configs are shown as such."""
     root = Path(root)
     rows = []
     if root.is_dir():
@@ -26,7 +41,7 @@ def list_runs(root: str | os.PathLike[str] = "runs") -> pd.DataFrame:
                 config = layout.read_config(folder)
             except (OSError, json.JSONDecodeError) as err:
                 rows.append({"folder": str(folder), "command": "?", "model": "", "status": f"unreadable: {err}",
-                             "started": "", "duration": None})
+                             "started": "", "duration": None, "claims": ""})
                 continue
             model = config.get("model") or {}
             rows.append({
@@ -36,6 +51,7 @@ def list_runs(root: str | os.PathLike[str] = "runs") -> pd.DataFrame:
                 "status": layout.effective_status(config),
                 "started": config.get("start_time") or "",
                 "duration": config.get("elapsed_s"),
+                "claims": claims_line(folder),
             })
     df = pd.DataFrame(rows, columns=LIST_COLUMNS)
     return df.sort_values("started", ascending=False, kind="mergesort").reset_index(drop=True)
@@ -58,16 +74,19 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any]:
     config = layout.read_config(folder)
     store = TableStore(folder / layout.TABLES)
     tables = [store.info(name) for name in store.names()]
-    headline = [
-        {"section": s["title"], "name": k, "value": v}
+    headline_rows = [
+        {"section": s["title"], "name": e["label"], "value": e["value"], "n": e["n"], "low": e["low"],
+         "high": e["high"], "unit": e["unit"]}
         for s in layout.read_sections(folder)
-        for k, v in s.get("headline", {}).items()
+        for e in headline.normalize(s.get("headline"))
     ]
+    claims = claims_store.read_claims(folder)
     return {
         "folder": str(folder),
         "status": layout.effective_status(config),
         "config": config,
-        "headline": headline,
+        "headline": headline_rows,
+        "claims": [] if claims is None else claims.astype(object).where(claims.notna(), None).to_dict("records"),
         "tables": tables,
         "figures": sorted(p.stem for p in (folder / layout.FIGURES).glob("*.png")),
         "report": str(folder / layout.REPORT) if (folder / layout.REPORT).exists() else None,
@@ -96,9 +115,20 @@ def format_run(info: dict[str, Any], indent: str = "") -> str:
     if config.get("error"):
         lines.append(f"error    {config['error']}")
     lines.append("")
+    if info.get("claims"):
+        lines.append("claims:")
+        for c in info["claims"]:
+            value = "n/a" if c["value"] is None else formatting.headline_number(float(c["value"]))
+            interval = ("" if c["low"] is None or c["high"] is None else
+                        f" [{formatting.headline_number(float(c['low']))}, {formatting.headline_number(float(c['high']))}]")
+            lines.append(f"  {c['id']:<32} {value + interval:>24}  n={c['n']:<6} {c['verdict']}")
+        lines.append("")
     lines.append("headline numbers:" if info["headline"] else "headline numbers: none")
     for item in info["headline"]:
-        lines.append(f"  {item['name']:<32} {formatting.headline_number(item['value']):>12}   [{item['section']}]")
+        n = f"  (n={item['n']})" if item.get("n") is not None else ""
+        value = headline.value_text({"value": item["value"], "low": item.get("low"), "high": item.get("high"),
+                                     "unit": item.get("unit")})
+        lines.append(f"  {item['name']:<32} {value:>12}{n}   [{item['section']}]")
     lines.append("")
     lines.append("tables:" if info["tables"] else "tables: none")
     for table in info["tables"]:

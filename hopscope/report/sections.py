@@ -57,11 +57,13 @@ def make_section(
     text: str = "",
     figures: list[str],
     tables: Mapping[str, pd.DataFrame | str] | None,
-    headline: Mapping[str, Any] | None,
+    headline: Any,
     analysis: str | None,
     max_rows: int = DEFAULT_MAX_ROWS,
 ) -> dict[str, Any]:
-    """A section record; DataFrames are snapshotted, strings are references to stored tables."""
+    """A section record; DataFrames are snapshotted, strings are references to stored tables, headline
+    entries normalised (see :mod:`hopscope.report.headline`)."""
+    from .headline import normalize
     if not isinstance(title, str) or not title.strip():
         raise ValueError("a section needs a non-empty title")
     table_records = []
@@ -77,5 +79,5 @@ def make_section(
         "text": text or "",
         "figures": list(figures),
         "tables": table_records,
-        "headline": {str(k): cell(v) for k, v in (headline or {}).items()},
+        "headline": normalize(headline),
     }

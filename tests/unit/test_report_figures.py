@@ -84,3 +84,60 @@ def test_bar_chart_values_errors_and_labels():
         bar_chart({})
     png(fig)
     png(fig_h)
+
+
+# ---- interactive twins -------------------------------------------------------------------------------
+def test_heatmap_carries_its_values_and_labels_for_hover():
+    from hopscope.report.interactive import spec_of
+
+    matrix = np.arange(6.0).reshape(2, 3)
+    matrix[1, 2] = np.nan
+    spec = spec_of(heatmap(matrix, ["a", "b", "c"], ["x", "y"], "effect", "Δ logprob", xlabel="layer", center=0.0))
+    trace = spec["data"][0]
+    assert trace["type"] == "heatmap" and trace["x"] == ["a", "b", "c"] and trace["y"] == ["x", "y"]
+    assert trace["z"] == [[0.0, 1.0, 2.0], [3.0, 4.0, None]]          # NaN becomes JSON null
+    assert "layer: %{x}" in trace["hovertemplate"] and "Δ logprob: %{z:.4g}" in trace["hovertemplate"]
+    assert trace["zmid"] == 0.0 and trace["zmin"] == -trace["zmax"]
+    assert spec["layout"]["yaxis"]["autorange"] == "reversed"          # row 0 on top, as in the PNG
+
+
+def test_points_and_interval_plots_show_means_with_bootstrap_intervals():
+    from hopscope.report import interval_plot, points_plot
+    from hopscope.report.interactive import spec_of
+    from hopscope.stats import bootstrap_ci
+
+    values = {"oracle": [1, 0, 1, 1, 0, 1], "random": [0, 0, 1, 0, 0, 0]}
+    spec = spec_of(points_plot(values, ids={"oracle": list("abcdef"), "random": list("ghijkl")}, reference=0.5))
+    means = [t for t in spec["data"] if "error_y" in t]
+    low, high = bootstrap_ci(values["oracle"])
+    assert means[0]["y"] == [pytest.approx(4 / 6)]
+    assert means[0]["error_y"]["array"][0] == pytest.approx(high - 4 / 6)
+    assert means[0]["error_y"]["arrayminus"][0] == pytest.approx(4 / 6 - low)
+    assert spec["data"][0]["text"] == list("abcdef") and spec["layout"]["shapes"][0]["y0"] == 0.5
+    fig = interval_plot([{"label": "m1", "value": 0.3, "low": 0.2, "high": 0.4, "n": 100},
+                         {"label": "m2", "value": 0.1, "low": -0.1, "high": 0.2}], reference=0.0)
+    trace = spec_of(fig)["data"][0]
+    assert trace["y"] == ["m1", "m2"] and trace["error_x"]["array"] == pytest.approx([0.1, 0.1])
+    assert "n = 100" in trace["hovertemplate"][0]
+    png(fig)
+    with pytest.raises(ValueError):
+        interval_plot([])
+
+
+def test_save_figure_writes_the_spec_beside_the_png(tmp_path):
+    import json
+
+    from hopscope.report import RunFolder
+    from hopscope.report.figures import interactive
+
+    run = RunFolder.create("demo", out=tmp_path / "run")
+    run.save_figure("h", heatmap(np.eye(2)))
+    spec = json.loads((run.figures_dir / "h.plotly.json").read_text())
+    assert spec["data"][0]["z"] == [[1.0, 0.0], [0.0, 1.0]]
+    run.save_figure("h", box_by_group({"a": [1, 2]}))                  # no twin: the stale spec goes
+    assert not (run.figures_dir / "h.plotly.json").exists()
+    custom = interactive(box_by_group({"a": [1, 2]}), {"data": [{"type": "box", "y": [1, 2]}], "layout": {}})
+    run.save_figure("c", custom)
+    assert json.loads((run.figures_dir / "c.plotly.json").read_text())["data"][0]["type"] == "box"
+    with pytest.raises(ValueError, match="spec"):
+        interactive(box_by_group({"a": [1]}), {"layout": {}})

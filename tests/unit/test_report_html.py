@@ -73,13 +73,15 @@ def test_report_is_self_contained(report):
         for name in ("src", "href"):
             value = attrs.get(name) or ""
             assert not re.match(r"\s*(https?:)?//", value), f"<{tag} {name}={value!r}> loads from the network"
-        assert tag not in ("script", "link", "iframe")
+        assert tag not in ("link", "iframe")
+        if tag == "script":
+            assert "src" not in attrs  # scripts are inline: the page's own and, once, plotly.js
     assert not re.search(r"url\(\s*['\"]?(https?:)?//", text)  # no remote CSS resources either
 
 
 def test_cells_titles_and_text_are_escaped(report):
     _, text, parsed = report
-    assert "<script>" not in text
+    assert '<script>alert("x")' not in text
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp;" in text
     assert any(cell == f"p0 {EVIL}" for cell in parsed.cells)  # decoded text equals the original value
     assert EVIL in parsed.cells  # a column header
@@ -126,3 +128,37 @@ def test_unfinished_run_has_a_banner_and_unmerged_parts_are_shown(tmp_path):
     text = (run.path / "report.html").read_text()
     assert "interrupted" in text and "--resume" in text
     assert "unmerged part" in text and "(2 rows)" in text
+
+
+def test_interactive_figures_embed_plotly_once_with_the_png_as_fallback(report):
+    _, text, parsed = report
+    plotly_header = re.findall(r"\* plotly\.js v[\d.]+", text)
+    assert len(plotly_header) == 1                                    # inlined once for the two figures
+    specs = re.findall(r'<script type="application/json" id="(spec-\d+)">(.*?)</script>', text, flags=re.S)
+    assert [sid for sid, _ in specs] == ["spec-1", "spec-2"]
+    heat = json.loads(specs[0][1])
+    assert heat["data"][0]["type"] == "heatmap" and heat["data"][0]["z"][2] == [8.0, 9.0, 10.0, 11.0]
+    divs = [attrs["data-spec"] for tag, attrs in parsed.tags if tag == "div" and "data-spec" in attrs]
+    assert divs == ["spec-1", "spec-2"]
+    assert sum(1 for tag, attrs in parsed.tags if tag == "img" and attrs.get("class") == "static") == 2
+
+
+def test_static_only_without_interactive_figures_or_without_plotly(tmp_path, monkeypatch):
+    from hopscope.report import interactive
+
+    run = RunFolder.create("demo", out=tmp_path / "a")
+    run.add_section("Box", figures=[figures.box_by_group({"a": [1.0, 2.0]})])
+    text = run.finish().read_text(encoding="utf-8")
+    assert "plotly.js v" not in text and 'class="plotly"' not in text and "data:image/png" in text
+    monkeypatch.setattr(interactive, "plotly_js", lambda: None)      # plotly not installed
+    run2 = RunFolder.create("demo", out=tmp_path / "b")
+    run2.add_section("Heat", figures=[figures.heatmap(np.eye(3))])
+    text2 = run2.finish().read_text(encoding="utf-8")
+    assert 'class="plotly"' not in text2 and "data:image/png" in text2
+
+
+def test_tables_are_marked_for_sorting_with_exact_numbers(report):
+    _, text, parsed = report
+    assert sum(1 for tag, attrs in parsed.tags if tag == "table" and "data" in (attrs.get("class") or "")) >= 3
+    cells = [attrs["data-v"] for tag, attrs in parsed.tags if tag == "td" and "data-v" in attrs]
+    assert "0.3949579831932773" in cells                              # the full value, not the shown 0.395
