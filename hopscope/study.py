@@ -78,7 +78,7 @@ def run_one_model(settings: StudySettings, model: str | None, *, out: str | Path
         raise ValueError(f"unknown analyses {unknown}; choose from {', '.join(REGISTRY)}")
     args = {**settings.to_dict(), "models": [model or "smollm2-135m"]}
     run = RunFolder.start("study", args, out=out, resume=resume, seed=settings.seed)
-    run.config["quick"] = settings.quick
+    run.set_quick(settings.quick)
     t0 = time.monotonic()
     timings: dict[str, float] = dict(run.config.get("timings", {}))
     try:
@@ -90,7 +90,7 @@ def run_one_model(settings: StudySettings, model: str | None, *, out: str | Path
                 say(f"[{name}] already finished in {run.path / name}; skipping")
                 continue
             child = run.child(name, analysis_settings(name, settings).to_dict())
-            child.config["quick"] = settings.quick
+            child.set_quick(settings.quick)
             say(f"[{name}] running")
             t = time.monotonic()
             try:
