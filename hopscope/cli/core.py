@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import List, Optional
 
 import typer
@@ -9,10 +10,58 @@ import typer
 from hopscope.cli.common import DeviceOpt, DtypeOpt, ModelOpt, OutOpt, fail, load
 
 
+def describe(lm) -> dict[str, object]:
+    """``lm.summary()`` plus the sites it has, the ones it lacks and why, and the attention that runs."""
+    from hopscope.engine.attention import implementation
+    from hopscope.engine.sites import COMPONENTS
+
+    cfg = lm.config
+    d_mlp = _d_mlp(lm)
+    detail = {
+        "head_out": f"{lm.n_heads} heads in residual space",
+        "attn_pattern": f"{lm.n_heads} query / {lm.n_kv_heads} key-value heads",
+        "mlp_hidden": f"d_mlp {d_mlp}: input of {_module_name(lm.model, lm.adapter.mlp_down[0])}" if d_mlp else None,
+        "final_norm": "last layer only", "embed": "layer 0 only",
+    }
+    absent = {}
+    if lm.adapter.parallel_residual:
+        absent["resid_mid"] = "parallel residual: attention and MLP read the same input"
+    sites = [c + (f" ({detail[c]})" if detail.get(c) else "") for c in COMPONENTS if c not in absent]
+    out = dict(lm.summary())
+    out["sites"] = ", ".join(sites)
+    out["absent"] = "; ".join(f"{c} ({why})" for c, why in absent.items()) or "none"
+    out["attention"] = implementation(lm.model)
+    extras = []
+    types = getattr(cfg, "layer_types", None)
+    window = getattr(cfg, "sliding_window", None)
+    if window and (types is None or "sliding_attention" in types):
+        n = types.count("sliding_attention") if types else lm.n_layers
+        extras.append(f"sliding window {window} on {n} of {lm.n_layers} layers")
+    for key in ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar"):
+        if getattr(cfg, key, None) is not None:
+            extras.append(f"{key} {getattr(cfg, key)}")
+    out["attn detail"] = ", ".join(extras) or "none"
+    return out
+
+
+def _d_mlp(lm) -> int | None:
+    down = lm.adapter.mlp_down[0]
+    w = getattr(down, "weight", None)
+    if w is None:
+        return None
+    return int(w.shape[0] if type(down).__name__ == "Conv1D" else w.shape[1])
+
+
+def _module_name(model, module) -> str:
+    """``model.layers.{l}.mlp.down_proj``: the dotted name of layer 0's ``module`` with the layer index generic."""
+    name = next((name for name, m in model.named_modules() if m is module), "?")
+    return re.sub(r"\.0\.", ".{l}.", name, count=1)
+
+
 def info(model: Optional[str] = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt) -> None:
-    """Print a model's summary: family, layers, heads, d_model, where it was loaded from."""
+    """Print a model's summary: family, shapes, source, the sites it has and the attention that runs."""
     lm = load(model, device, dtype)
-    for key, value in lm.summary().items():
+    for key, value in describe(lm).items():
         typer.echo(f"{key:>12}: {value}")
 
 

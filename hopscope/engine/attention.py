@@ -115,6 +115,10 @@ def pass_through(module, softcap: float | None = None) -> str:
     """The implementation the pass-through runs for ``module``: what the model had before hopscope
     (``"sdpa"`` or ``"eager"``), and ``"eager"`` wherever a logit softcap is set (SDPA cannot apply it)."""
     base = getattr(module, "_hopscope_pass_through", None)
+    if base is None:  # not installed yet: what it will record
+        cfg = getattr(module, "config", None)
+        before = getattr(cfg, "_attn_implementation", None)
+        base = before if before in PASS_THROUGH else "sdpa"
     if softcap is not None or base == "eager":
         return "eager"
     return "sdpa"
@@ -128,7 +132,6 @@ def hopscope_attention(module, query, key, value, attention_mask, dropout=0.0, s
     softcap = kwargs.get("softcap")
     if req is None or (layer not in req.record and layer not in req.masks):
         if pass_through(module, softcap) == "eager":
-            kwargs.pop("sliding_window", None)  # the mask already holds the window
             mask = _additive(attention_mask, module, query, key.shape[2])
             return _eager_function(module)(module, query, key, value, mask, dropout=dropout, scaling=scaling,
                                            **kwargs)
@@ -163,16 +166,17 @@ _register()
 def install_attention(model: torch.nn.Module) -> None:
     """Point every (sub-)config of ``model`` at the hopscope attention implementation.
 
-    The implementation each module ran before is kept on the module, so the pass-through reproduces it.
+    The implementation each module ran before (``"sdpa"`` or ``"eager"``) is kept on the module, so the
+    pass-through reproduces it; others (flash, flex) pass through to SDPA, which hopscope's masks feed.
     """
     for module in model.modules():
         cfg = getattr(module, "config", None)
-        if cfg is None or not hasattr(cfg, "_attn_implementation"):
+        if cfg is None or not hasattr(cfg, "_attn_implementation") or hasattr(module, "_hopscope_pass_through"):
             continue
-        if not hasattr(module, "_hopscope_pass_through"):
-            before = cfg._attn_implementation
-            module._hopscope_pass_through = before if before in PASS_THROUGH else (
-                "eager" if before == IMPLEMENTATION and _eager_default(model) else "sdpa")
+        before = cfg._attn_implementation
+        if before == IMPLEMENTATION:  # installed by someone else before: HF's default for the class
+            before = "eager" if _eager_default(model) else "sdpa"
+        module._hopscope_pass_through = before if before in PASS_THROUGH else "sdpa"
     configs = [model.config] + [getattr(model.config, n) for n in ("text_config",) if hasattr(model.config, n)]
     for cfg in configs:
         cfg._attn_implementation = IMPLEMENTATION
@@ -187,11 +191,15 @@ def _eager_default(model: torch.nn.Module) -> bool:
     return not getattr(type(model), "_supports_sdpa", True)
 
 
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules that call an attention function (they carry ``layer_idx``), in layer order."""
+    return [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)
+            and hasattr(getattr(m, "config", None), "_attn_implementation")]
+
+
 def implementation(model: torch.nn.Module) -> str:
     """One line saying which attention runs: the pass-through (SDPA or eager) and the explicit path."""
-    kinds = sorted({pass_through(m, getattr(m, "attn_logit_softcapping", None))
-                    for m in model.modules() if hasattr(m, "_hopscope_pass_through") and hasattr(m, "layer_idx")})
-    names = {"sdpa": "SDPA (torch scaled_dot_product_attention)", "eager": "eager (the family's own function)"}
+    kinds = sorted({pass_through(m, getattr(m, "attn_logit_softcapping", None)) for m in attention_modules(model)})
+    names = {"sdpa": "SDPA (torch scaled_dot_product_attention)", "eager": "eager (the family's own HF function)"}
     passing = " + ".join(names[k] for k in kinds) or names["sdpa"]
-    return (f"pass-through {passing}; explicit softmax attention (as HF eager) on layers whose pattern is "
-            f"read or knocked out")
+    return f"pass-through {passing}; explicit softmax (as HF eager) on layers whose pattern is read or knocked out"

@@ -8,6 +8,7 @@ intervention as copies of the clean carrier row 0).
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -62,6 +63,7 @@ class HookSession:
         self._stash: dict[int, torch.Tensor] = {}
         self._token = None
         self._attn_req: AttentionRequests | None = None
+        self._home = self.lm.device  # cached values come back here, wherever the layer that made them sits
 
     # -- installing ------------------------------------------------------------------------
     def __enter__(self) -> "HookSession":
@@ -98,6 +100,7 @@ class HookSession:
                     req.record.add(layer)
             self._attn_req = req
             for layer in pattern_layers:
+                reg(ad.attn[layer].register_forward_pre_hook(self._mask_device_hook(layer), with_kwargs=True))
                 reg(ad.attn[layer].register_forward_hook(self._pattern_hook(layer)))
             self._token = ACTIVE.set(req)
         return self
@@ -115,6 +118,7 @@ class HookSession:
         if self._attn_req is None:
             return
         req = self._attn_req
+        req.kv_length = kv_len  # sliding-window caches hold fewer keys: patterns are padded back to this
         req.masks.clear()
         for (comp, layer), items in self._by_key.items():
             kos = [(r, iv) for r, iv in items if iv.op == "knockout"]
@@ -146,7 +150,7 @@ class HookSession:
             b = self.index[row]
             sl = _slice(x, b, cols, iv.site.head, head_dim)
             if iv.op == "cache":
-                self.cache[row][iv.site] = sl.detach().clone()
+                self.cache[row][iv.site] = _home(sl, self._home)
                 continue
             if iv.op == "replace":
                 new = _as(iv.value, sl).expand_as(sl)
@@ -171,7 +175,7 @@ class HookSession:
                 new = mean.expand_as(sl).clone()
             _write(x, b, cols, iv.site.head, head_dim, new)
         if key in self._record and head_dim is None:
-            self.acts[key] = x.detach().clone()
+            self.acts[key] = _home(x, self._home)
 
     def _batch_mean(self, x: torch.Tensor, site: Site, head_dim: int | None) -> torch.Tensor:
         rows = [_slice(x, self.index[r], self.layout.columns(r, site.position), site.head, head_dim).clone()
@@ -253,7 +257,7 @@ class HookSession:
             z_items = [(r, iv) for r, iv in self._by_key.get(key, []) if iv.op in Z_OPS]
             if not z_items:
                 if key in self._record:
-                    self.acts[key] = self._head_outputs(layer, z)
+                    self.acts[key] = _home(self._head_outputs(layer, z), self._home, copy=False)
                 return None
             z = z.clone() if any(iv.writes for _, iv in z_items) else z
             writes = [(r, iv) for r, iv in z_items if iv.op != "cache"]
@@ -265,19 +269,31 @@ class HookSession:
                     cols = self.layout.columns(row, iv.site.position)
                     b = self.index[row]
                     val = heads[b, cols] if iv.site.head is None else heads[b, cols, iv.site.head]
-                    self.cache[row][iv.site] = val.detach().clone()
+                    self.cache[row][iv.site] = _home(val, self._home)
             if key in self._record:
-                self.acts[key] = self._head_outputs(layer, z)
+                self.acts[key] = _home(self._head_outputs(layer, z), self._home, copy=False)
             return (z, *args[1:])
         return hook
 
     def _head_outputs(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """Per-head contributions in residual space: [b, cols, H, d_model] (without the output bias)."""
-        w = self.lm.adapter.out_proj_weight(layer)  # [d_model, H*dh]
         b, s, _ = z.shape
         zh = z.view(b, s, self.lm.n_heads, self.lm.d_head)
-        wh = w.view(w.shape[0], self.lm.n_heads, self.lm.d_head)
-        return torch.einsum("bshk,dhk->bshd", zh, wh)
+        with _weights_on(self.lm.adapter.out_proj[layer], z.device):  # an offloaded projection: its weights
+            w = self.lm.adapter.out_proj_weight(layer)  # [d_model, H*dh]
+            wh = w.view(w.shape[0], self.lm.n_heads, self.lm.d_head).to(z.device)
+            return torch.einsum("bshk,dhk->bshd", zh, wh)
+
+    def _mask_device_hook(self, layer: int):
+        """Attention pre-hook: the layer's knockout mask on the device its hidden states arrive on (a model
+        split over several devices runs each block on its own)."""
+        def hook(module, args, kwargs):
+            mask = self._attn_req.masks.get(layer) if self._attn_req is not None else None
+            hs = args[0] if args else kwargs.get("hidden_states")
+            if mask is not None and hs is not None and mask.device != hs.device:
+                self._attn_req.masks[layer] = mask.to(hs.device)
+            return None
+        return hook
 
     def _head_post_hook(self, layer: int):
         key = ("head_out", layer)
@@ -315,13 +331,13 @@ class HookSession:
             if pattern is None:
                 return None
             if key in self._record:
-                self.acts[key] = pattern
+                self.acts[key] = _home(pattern, self._home, copy=False)
             for row, iv in self._by_key.get(key, []):
                 if iv.op != "cache":
                     continue
                 cols = self.layout.columns(row, iv.site.position)
                 p = pattern[self.index[row]][:, cols][:, :, self.layout.key_columns(row)]
-                self.cache[row][iv.site] = (p if iv.site.head is None else p[iv.site.head]).clone()
+                self.cache[row][iv.site] = _home(p if iv.site.head is None else p[iv.site.head], self._home)
             return None
         return hook
 
@@ -349,10 +365,29 @@ def _slice(x, b, cols, head, head_dim):
 
 
 def _write(x, b, cols, head, head_dim, value):
+    value = value.to(device=x.device, dtype=x.dtype)
     if head is None or head_dim is None:
-        x[b, cols] = value.to(x.dtype)
+        x[b, cols] = value
     else:
-        x[b, cols, head * head_dim:(head + 1) * head_dim] = value.to(x.dtype)
+        x[b, cols, head * head_dim:(head + 1) * head_dim] = value
+
+
+def _home(t: torch.Tensor, device: torch.device, *, copy: bool = True) -> torch.Tensor:
+    """A detached copy of ``t`` on ``device`` (``copy=False``: ``t`` itself when it is there already)."""
+    t = t.detach()
+    if t.device != device:
+        return t.to(device)
+    return t.clone() if copy else t
+
+
+def _weights_on(module: torch.nn.Module, device: torch.device):
+    """A context in which ``module``'s weights are real tensors: accelerate keeps an offloaded module's
+    weights on the meta device outside its own forward (a hook reading them runs outside it)."""
+    if not any(p.device.type == "meta" for p in module.parameters(recurse=False)):
+        return contextlib.nullcontext()
+    from accelerate.utils import align_module_device
+
+    return align_module_device(module, device)
 
 
 def _as(value, like: torch.Tensor) -> torch.Tensor:

@@ -144,14 +144,23 @@ _BUILDERS: dict[str, Callable[[nn.Module, str], Adapter]] = {
     "gpt_neox": _gpt_neox,
 }
 
-SUPPORTED_FAMILIES = tuple(sorted(_BUILDERS))
+SUPPORTED_FAMILIES = tuple(sorted(_BUILDERS))  # each one tested exactly on a tiny model (models.tiny)
+
+# Nearby model types that are not supported, and why (the error a user gets says so).
+_WHY_NOT: dict[str, str] = {
+    "gemma3": "a multimodal Gemma 3 checkpoint; hopscope runs Gemma 3 text models (model_type 'gemma3_text', "
+              "e.g. Gemma 3 270M and 1B)",
+    "mixtral": "mixture-of-experts MLPs have no single output projection for mlp_hidden / mlp_out sites",
+    "qwen2_moe": "mixture-of-experts MLPs have no single output projection for mlp_hidden / mlp_out sites",
+    "qwen3_moe": "mixture-of-experts MLPs have no single output projection for mlp_hidden / mlp_out sites",
+}
 
 
 def build_adapter(model: nn.Module) -> Adapter:
-    """Adapter for an HF causal LM, or a ValueError naming the unsupported ``model_type``."""
+    """Adapter for an HF causal LM, or a ValueError naming the unsupported ``model_type`` (and why)."""
     family = getattr(model.config, "model_type", None)
     if family not in _BUILDERS:
-        raise ValueError(
-            f"model_type {family!r} is not supported by hopscope; supported families: {', '.join(SUPPORTED_FAMILIES)}"
-        )
+        why = f" ({_WHY_NOT[family]})" if family in _WHY_NOT else ""
+        raise ValueError(f"model_type {family!r} is not supported by hopscope{why}; supported families: "
+                         f"{', '.join(SUPPORTED_FAMILIES)}")
     return _BUILDERS[family](model, family)

