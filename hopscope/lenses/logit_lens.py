@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 import pandas as pd
 import torch
 
-from hopscope.engine.answers import first_token_id, score_tokens
-from hopscope.engine.runner import run_with_cache
+from hopscope.engine import first_token_id, run_with_cache, score_tokens
 from hopscope.lenses.projection import project, top_tokens
 
 if TYPE_CHECKING:
@@ -34,8 +33,16 @@ def logit_lens(
     """
     for c in components:
         if c not in LENS_COMPONENTS:
-            raise ValueError(f"logit lens component {c!r} not supported; choose from {LENS_COMPONENTS}")
-    target_ids = {t: first_token_id(lm.tokenizer, t) for t in targets}
+            raise ValueError(f"logit lens component {c!r} not supported; choose from {', '.join(LENS_COMPONENTS)}")
+    n = len(lm.to_ids(prompt))
+    if not -n <= position < n:
+        raise ValueError(f"position {position} is outside the prompt of {n} tokens")
+    target_ids = {}
+    for t in targets:
+        try:
+            target_ids[t] = first_token_id(lm.tokenizer, t)
+        except ValueError as err:
+            raise ValueError(f"target {t!r}: {err}") from None
     _, acts = run_with_cache(lm, [prompt], components=components)
     rows = []
     for comp in components:
@@ -43,18 +50,12 @@ def logit_lens(
         logits = project(lm, vecs, normalize=True)
         tops = top_tokens(lm, logits, k)
         probs = torch.softmax(logits, -1)
+        scores = {t: score_tokens(logits, [tid] * lm.n_layers) for t, tid in target_ids.items()}
         for layer in range(lm.n_layers):
             row = {"component": comp, "layer": layer, "top_tokens": tops[layer],
                    "top_prob": float(probs[layer].max())}
-            for t, tid in target_ids.items():
-                s = score_tokens(logits[layer:layer + 1], [tid])
-                row[f"rank[{t}]"] = int(s["rank"][0])
-                row[f"prob[{t}]"] = float(s["prob"][0])
+            for t, s in scores.items():
+                row[f"rank[{t}]"] = int(s["rank"][layer])
+                row[f"prob[{t}]"] = float(s["prob"][layer])
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-def target_table(df: pd.DataFrame, target: str) -> pd.DataFrame:
-    """The columns of one target, renamed to ``rank`` and ``prob``."""
-    return df.rename(columns={f"rank[{target}]": "rank", f"prob[{target}]": "prob"})[
-        ["component", "layer", "rank", "prob", "top_tokens"]]

@@ -1,18 +1,22 @@
-"""Factual-recall analyses on tiny models: exact decompositions, no-op ablations, exact last-layer replay."""
+"""Factual-recall parts on tiny models: exact decompositions, self-patches that change nothing, the fast path
+against the naive one, the last-layer replay against the engine, mitigations as engine interventions."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from hopscope.engine import Site, run, run_last_position, zero_ablate
-from hopscope.methods.recall import (
-    EvalSet, LastLayerState, Mitigation, collect, decompose_mlp, evaluate_mitigations, final_layer_effects,
-    head_ablation, head_frame, head_summary, logit_diff, mlp_spec, norm_spec, prepare,
-)
-from hopscope.methods.recall.mlp_decomposition import input_components, least_squares
-from hopscope.methods.recall.suppression import final_logits, generic_text, neuron_dla
+from hopscope.engine import Site, prompt_pass, run, run_last_position, zero_ablate
+from hopscope.methods.recall import Mitigation
+from hopscope.methods.recall import heads as H
+from hopscope.methods.recall.collect import answer_logit_diff, collect
+from hopscope.methods.recall.linearize import mlp_spec, norm_spec
+from hopscope.methods.recall.mitigation import generic_text, score_prompts, score_text, text_windows
+from hopscope.methods.recall.mlp_decomposition import decompose_mlp, input_components, least_squares
+from hopscope.methods.recall.queries import design, items, source_pairs, split_halves
+from hopscope.methods.recall.suppression import LastLayerState, final_layer_effects, final_logits, neuron_dla
 
 QUERIES = [
     {"qid": "fr", "prompt": "The capital of Germany is Berlin.\nThe capital of France is", "answer": "Paris",
@@ -24,7 +28,7 @@ QUERIES = [
     {"qid": "pe", "prompt": "The capital of Chile is Santiago.\nThe capital of Peru is", "answer": "Lima",
      "subject": "Peru"},
 ]
-FAMILIES = ("llama", "gpt2", "gpt_neox")
+FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "qwen2")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -32,17 +36,35 @@ def setup(request):
     from hopscope.models import tiny
 
     lm = tiny(request.param)
-    items = prepare(lm, QUERIES)
-    return lm, items, collect(lm, items, batch_size=3)
+    its = items(lm, design(QUERIES, {}, seed=0))
+    return lm, its, collect(lm, its, batch_size=3)
 
 
+# ---- data ----------------------------------------------------------------------------------------------------
 def test_subject_span_is_the_subject_tokens(setup):
-    lm, items, _ = setup
-    for it in items:
+    lm, its, _ = setup
+    for it in its:
         a, b = it.subject_tokens
         assert "".join(lm.str_tokens(it.prompt)[a:b]).strip() == it.subject
 
 
+def test_sources_are_other_subjects_and_halves_are_seeded():
+    subjects = ["a", "b", "a", "c", "b", "d", "e"]
+    src = source_pairs(subjects, seed=3)
+    assert all(subjects[j] != subjects[i] for i, j in enumerate(src))
+    assert src == source_pairs(subjects, seed=3) and src != source_pairs(subjects, seed=4)
+    roles = split_halves(7, seed=0)
+    assert roles.count("train") == 3 and roles.count("test") == 4 and roles == split_halves(7, seed=0)
+    rows = design(QUERIES, {"x": QUERIES[:1]}, seed=0)
+    assert [r["set"] for r in rows] == ["main"] * 4 + ["other:x"]
+    assert rows[-1]["qid"] == "other:x:fr"
+    with pytest.raises(ValueError, match="does not occur"):
+        design([dict(QUERIES[0], subject="Peru")] + QUERIES[1:], {}, seed=0)
+    with pytest.raises(ValueError, match="occurs twice"):
+        design(QUERIES[:3] + QUERIES[:1], {}, seed=0)
+
+
+# ---- exact decompositions ------------------------------------------------------------------------------------
 def test_head_dla_plus_rest_sums_to_the_logit_difference(setup):
     lm, _, lp = setup
     rest = lp.rest_dla()
@@ -72,7 +94,8 @@ def test_linearised_mlp_parts_sum_exactly_to_the_mlp_output(setup):
     lm, _, lp = setup
     spec = mlp_spec(lm, 1)
     x = lp.mlp_in[:, 1]
-    comps = torch.stack([0.7 * x, torch.randn_like(x), -torch.randn_like(x)], 1)
+    gen = torch.Generator().manual_seed(0)
+    comps = torch.stack([x, torch.randn(x.shape, generator=gen), -torch.randn(x.shape, generator=gen)], 1)
     comps[:, 0] = x - comps[:, 1:].sum(1)  # arbitrary components that sum to x
     parts, const = spec.linear_parts(x, comps)
     torch.testing.assert_close(parts.sum(1) + const, lp.mlp[:, 1], atol=1e-5, rtol=1e-5)
@@ -90,89 +113,196 @@ def test_mlp_decomposition_is_exact_and_least_squares_is_orthogonal(setup):
     assert set(names) | {"remainder"} <= set(df["component"]) <= set(names) | {"constant", "remainder"}
     heads = comps[:, [j for j, n in enumerate(names) if n.startswith("L") and "bias" not in n]]
     coef, rem = least_squares(lp.mlp[:, layer], heads)
-    normal = torch.einsum("nkd,nd->nk", heads, rem)  # remainder is orthogonal to every head direction
+    normal = torch.einsum("nkd,nd->nk", heads, rem)  # the remainder is orthogonal to every head direction
     assert normal.abs().max() < 1e-3 * lp.mlp[:, layer].norm()
+    one = df[(df["qid"] == "fr") & (df["component"] == "L0H1")].iloc[0]  # a component's part, by hand
+    j = names.index("L0H1")
+    parts, _ = mlp_spec(lm, layer).linear_parts(lp.mlp_in[:, layer], comps)
+    assert one["part_dla"] == pytest.approx(float(parts[0, j] @ lp.u[0]), abs=1e-5)
 
 
+def test_least_squares_recovers_known_coefficients():
+    gen = torch.Generator().manual_seed(1)
+    dirs = torch.randn(3, 2, 16, generator=gen)
+    coef = torch.tensor([[2.0, -1.0], [0.5, 0.0], [-3.0, 4.0]])
+    out = torch.einsum("nk,nkd->nd", coef, dirs)
+    got, rem = least_squares(out, dirs)
+    torch.testing.assert_close(got, coef, atol=1e-5, rtol=1e-5)
+    assert rem.abs().max() < 1e-5
+
+
+# ---- heads ---------------------------------------------------------------------------------------------------
 def test_head_table_metrics(setup):
     lm, _, lp = setup
-    per = head_frame(lp)
+    per = H.head_frame(lp)
     assert len(per) == lp.n * lm.n_layers * lm.n_heads
     assert per["attn_subject"].between(0, 1 + 1e-6).all()
-    summary = head_summary(per)
+    summary = H.head_summary(per)
     row = summary[(summary["layer"] == 1) & (summary["head"] == 2)].iloc[0]
     g = per[(per["layer"] == 1) & (per["head"] == 2)]
     assert row["corr_attn_dot"] == pytest.approx(np.corrcoef(g["attn_subject"], g["subject_dot"])[0, 1], abs=1e-6)
     assert row["dla"] == pytest.approx(g["dla"].mean())
 
 
-def test_ablating_nothing_changes_nothing(setup):
+def test_patching_a_head_with_its_own_output_changes_nothing(setup):
     lm, _, lp = setup
     heads = [(0, 0), (1, 3), (lm.n_layers - 1, 1)]
-    df = head_ablation(lm, lp, heads, means=lp.heads.clone())  # replace each head by its own output
+    df = H.path_patching(lm, lp, heads, lp.heads.clone())
     assert df[["drop_total", "drop_path", "drop_direct"]].abs().max().max() < 1e-4
     logits = run_last_position(lm, lp.items[0].prompt, [[]]).logits
     torch.testing.assert_close(logits[0], lp.logits[0], atol=1e-4, rtol=1e-4)
 
 
-def test_mean_ablation_of_a_last_layer_head_has_equal_total_and_path_effects(setup):
-    lm, _, lp = setup
-    df = head_ablation(lm, lp, [(lm.n_layers - 1, 0), (0, 2)])
-    last = df[df["layer"] == lm.n_layers - 1]
-    np.testing.assert_allclose(last["drop_total"], last["drop_path"], atol=1e-5)
+def test_path_patching_equals_the_naive_full_run(setup):
+    lm, its, lp = setup
+    source = lp.heads.roll(1, 0)  # each prompt patched with the next prompt's head outputs
+    heads = [(0, 2), (1, 1)]
+    df = H.path_patching(lm, lp, heads, source)
+    i = 2
+    rows, labels = H.patch_rows(lp, i, heads, source[i])
+    naive = run(lm, [its[i].prompt] * (len(rows) + 1), [[]] + rows).logits[:, -1]  # every block, every position
+    ld = answer_logit_diff(naive, [its[i].answer_id] * len(naive))
+    got = df[df["qid"] == its[i].qid].set_index(["layer", "head"])
+    for (hid, kind), d in zip(labels, (ld[0] - ld[1:]).tolist()):
+        assert got.loc[hid, f"drop_{kind}"] == pytest.approx(d, abs=1e-4)
     assert df["drop_total"].abs().max() > 0
 
 
-def test_final_layer_effects_equal_engine_zero_ablation(setup):
-    lm, items, lp = setup
+def test_last_layer_heads_have_equal_path_and_total_effects(setup):
+    lm, _, lp = setup
+    df = H.path_patching(lm, lp, [(lm.n_layers - 1, 0)], lp.heads.roll(1, 0))
+    np.testing.assert_allclose(df["drop_total"], df["drop_path"], atol=1e-5)
+
+
+def test_concentration_on_a_hand_built_table():
+    pat = pd.DataFrame({"qid": ["a"] * 4 + ["b"] * 4, "layer": [0, 0, 1, 1] * 2, "head": [0, 1, 0, 1] * 2,
+                        "drop_path": [3.0, -1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]})
+    c = H.concentration(pat, [(0, 0)]).set_index("qid")
+    assert c.loc["a", "top_share"] == pytest.approx(0.75) and c.loc["a", "random_share"] == pytest.approx(0.125)
+    assert c.loc["b", "top_share"] == pytest.approx(0.25) and c.loc["b", "random_share"] == pytest.approx(0.25)
+    assert H.top_heads(pat, ["a", "b"], 1) == [(0, 0)]
+
+
+# ---- final layer -----------------------------------------------------------------------------------------------
+def test_final_layer_replay_equals_engine_zero_ablation(setup):
+    lm, its, lp = setup
     L = lm.n_layers - 1
-    eff = final_layer_effects(lm, lp, neurons=[1, 5])
+    eff = final_layer_effects(lm, lp)
     rows = [[zero_ablate(Site(L, "attn_out", -1)), zero_ablate(Site(L, "mlp_out", -1))],
             [zero_ablate(Site(L, "attn_out", -1))], [zero_ablate(Site(L, "mlp_out", -1))],
             [zero_ablate(Site(L, "head_out", -1, head=2))]]
-    it = items[1]
-    logits = run_last_position(lm, it.prompt, [[]] + rows).logits
-    ld = logit_diff(logits, [it.answer_id] * len(logits))
-    got = eff[eff["qid"] == it.qid].set_index("component")["effect_logit_diff"]
-    for j, name in enumerate(["block", "attn", "mlp", "head 2"], start=1):
-        assert got[name] == pytest.approx(float(ld[0] - ld[j]), abs=1e-4)
+    for it in its[1:3]:
+        logits = run_last_position(lm, it.prompt, [[]] + rows).logits
+        ld = answer_logit_diff(logits, [it.answer_id] * len(logits))
+        got = eff[eff["qid"] == it.qid].set_index("component")["effect_logit_diff"]
+        for j, name in enumerate(["block", "attn", "mlp", "head 2"], start=1):
+            assert got[name] == pytest.approx(float(ld[0] - ld[j]), abs=1e-4)
 
 
 def test_neuron_dla_sums_to_the_mlp_dla(setup):
     lm, _, lp = setup
-    dla, _ = neuron_dla(lm, lp)
+    dla = neuron_dla(lm, lp)
     spec = mlp_spec(lm, lm.n_layers - 1)
     b = (lp.u @ spec.b_out) if spec.b_out is not None else 0.0
     torch.testing.assert_close(dla.sum(-1) + b, lp.rest_dla()["mlp"][:, -1], atol=1e-5, rtol=1e-5)
 
 
-def test_mitigation_replay_equals_the_hooked_model(setup):
-    lm, items, lp = setup
+# ---- mitigations -----------------------------------------------------------------------------------------------
+def _mitigations(lm):
     L = lm.n_layers - 1
     gen = torch.Generator().manual_seed(0)
-    mits = [Mitigation("heads", L, heads=[0, 2], factor=0.3), Mitigation("neurons", L, neurons=[3, 4, 9]),
+    return [Mitigation("heads", L, heads=[0, 2], factor=0.3), Mitigation("neurons", L, neurons=[3, 4, 9]),
             Mitigation("project", L, target="mlp", direction=torch.randn(lm.d_model, generator=gen)),
             Mitigation("project", L, target="attn", direction=torch.randn(lm.d_model, generator=gen))]
-    text = EvalSet.from_text(lm, generic_text(2000)[0], window=12, n_windows=2)
-    state = LastLayerState.from_last_position(lp)
-    prompts = [it.prompt for it in items]
-    valid = text.mask.bool()
-    for mit in mits:
-        with mit.applied(lm):
-            ref = run(lm, prompts, last_only=True).logits
+
+
+def _replay(lm, m: Mitigation, st: LastLayerState) -> torch.Tensor:
+    """The exact last-layer replay of a mitigation, by hand."""
+    if m.kind == "heads":
+        return st.replay(lm, -(1.0 - m.factor) * st.heads[:, m.heads].sum(1))
+    if m.kind == "neurons":
+        spec = mlp_spec(lm, lm.n_layers - 1)
+        cols = list(m.neurons)
+        return st.replay(lm, None,
+                         lambda x, o: o - (1.0 - m.factor) * (spec.hidden(x)[:, cols] @ spec.w_out[:, cols].T))
+    d = m.direction / m.direction.norm()
+    if m.target == "mlp":
+        return st.replay(lm, None, lambda x, o: o - (o @ d)[:, None] * d)
+    return st.replay(lm, -(st.attn @ d)[:, None] * d)
+
+
+def test_a_mitigation_through_the_engine_equals_its_exact_last_layer_replay(setup):
+    lm, its, lp = setup
+    st = LastLayerState.of(lp)
+    prompts = [it.prompt for it in its]
+    for m in _mitigations(lm):
+        engine = run(lm, prompts, [m.interventions(lm)] * len(prompts), last_only=True).logits
+        torch.testing.assert_close(final_logits(lm, _replay(lm, m, st)), engine, atol=1e-4, rtol=1e-4)
+        last_only = prompt_pass(lm, prompts[0], [m.interventions(lm, positions=-1)]).logits
+        torch.testing.assert_close(last_only[0], engine[0], atol=1e-4, rtol=1e-4)
+
+
+def _hooked(lm, m: Mitigation):
+    """The old hook-installed mitigation (recall/suppression.py, Mitigation.applied), rebuilt by hand."""
+    ad = lm.adapter
+    if m.kind == "heads":
+        dh = lm.d_head
+        cols = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in m.heads])
+
+        def pre(module, args):
+            z = args[0].clone()
+            z[..., cols] = z[..., cols] * m.factor
+            return (z, *args[1:])
+        return ad.out_proj[m.layer].register_forward_pre_hook(pre)
+    if m.kind == "neurons":
+        idx = torch.tensor(m.neurons)
+
+        def pre(module, args):
+            h = args[0].clone()
+            h[..., idx] = h[..., idx] * m.factor
+            return (h, *args[1:])
+        return ad.mlp_down[m.layer].register_forward_pre_hook(pre)
+    d = m.direction / m.direction.norm()
+    module = (ad.mlp_to_resid if m.target == "mlp" else ad.attn_to_resid)[m.layer]
+
+    def post(module, args, output):
+        out = output[0] if isinstance(output, tuple) else output
+        new = out - (out @ d)[..., None] * d
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+    return module.register_forward_hook(post)
+
+
+def test_mitigation_interventions_equal_the_old_hook_installed_edits(setup):
+    lm, its, _ = setup
+    text = text_windows(lm, generic_text(3000)[0], window=12, n=1)[0]
+    ids = torch.tensor([lm.to_ids(text)])
+    for m in _mitigations(lm):
+        engine = run(lm, [text], [m.interventions(lm)]).logits[0]  # every position
+        handle = _hooked(lm, m)
+        try:
             with torch.no_grad():
-                full = lm.model(input_ids=text.input_ids, attention_mask=text.mask,
-                                position_ids=(text.mask.cumsum(-1) - 1).clamp(min=0)).logits
-        torch.testing.assert_close(final_logits(lm, mit.replay(lm, state)), ref, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(final_logits(lm, mit.replay(lm, text.state))[valid], full[valid].float(),
-                                   atol=1e-4, rtol=1e-4)
+                ref = lm.model(input_ids=ids).logits[0].float()
+        finally:
+            handle.remove()
+        torch.testing.assert_close(engine, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_a_mitigation_that_keeps_everything_changes_nothing(setup):
-    lm, items, lp = setup
+def test_a_mitigation_that_keeps_everything_changes_nothing_and_round_trips(setup):
+    lm, its, _ = setup
     L = lm.n_layers - 1
-    sets = [EvalSet.from_last_position("held_out", lp, [0, 1]), EvalSet.from_items(lm, "other:x", items[2:])]
-    ev = evaluate_mitigations(lm, [Mitigation("heads", L, heads=[0, 1], factor=1.0),
-                                   Mitigation("neurons", L, neurons=[0, 7], factor=1.0)], sets)
-    assert ev["change"].abs().max() < 1e-5
-    assert set(ev["metric"]) == {"prob", "accuracy", "logit_diff"}
+    keep = [Mitigation("heads", L, heads=[0, 1], factor=1.0), Mitigation("neurons", L, neurons=[0, 7], factor=1.0)]
+    s = score_prompts(lm, its, keep, batch_prompts=3)
+    wide = s.pivot(index="qid", columns="mitigation", values="prob")
+    assert (wide.sub(wide["none"], axis=0).abs().max().max()) < 1e-5
+    t = score_text(lm, [("w", text_windows(lm, generic_text(3000)[0], window=10, n=1)[0])], keep)
+    assert t["nll"].max() - t["nll"].min() < 1e-3
+    for m in _mitigations(lm):
+        back = Mitigation.from_row(m.to_row())
+        assert back.to_row() == m.to_row()
+
+
+def test_mitigation_rejects_bad_definitions():
+    with pytest.raises(ValueError, match="unknown mitigation kind"):
+        Mitigation("nope", 0)
+    with pytest.raises(ValueError, match="non-zero direction"):
+        Mitigation("project", 0, direction=torch.zeros(4))

@@ -1,26 +1,17 @@
-"""Factual-recall mechanisms (Lv et al. 2024, arXiv 2403.19521): subject-moving heads, MLPs that amplify
-or erase head outputs, final-layer anti-overconfidence and its mitigation.
+"""Factual-recall mechanisms (Lv et al. 2024, arXiv 2403.19521): subject-moving heads, the MLP that amplifies
+or erases a head's output, final-layer anti-overconfidence and its mitigation (docs/recall.md).
 
-Entry point: :func:`recall_study`. Parts: :mod:`.collect` (one cached pass kept at the last position),
-:mod:`.heads`, :mod:`.mlp_decomposition`, :mod:`.suppression`, :mod:`.linearize` (exact linearisations of
-the final norm and of MLPs), :mod:`.queries` (token spans; a local world-facts relation builder).
+``run(lm, data=None, settings=None, run_folder=None)`` -> :class:`hopscope.results.Result`; ``ANALYSIS`` is
+the pipeline analysis ``hopscope study`` runs; :class:`Mitigation` turns an edit into engine interventions.
+Parts: :mod:`.queries` (prompts, halves, source prompts), :mod:`.collect` (one cached last-position pass),
+:mod:`.linearize` (exact linearisations of the final norm and of MLPs), :mod:`.heads`,
+:mod:`.mlp_decomposition`, :mod:`.suppression`, :mod:`.mitigation`, :mod:`.analysis` (the stages),
+:mod:`.claims`, :mod:`.report`.
 """
 
-from hopscope.methods.recall.collect import LastPosition, collect, logit_diff
-from hopscope.methods.recall.heads import candidate_heads, head_ablation, head_frame, head_heatmaps, head_summary
-from hopscope.methods.recall.linearize import MLPSpec, NormSpec, logit_diff_directions, mlp_spec, norm_spec
-from hopscope.methods.recall.mlp_decomposition import decompose_mlp, decomposition_summary, mlp_layers
-from hopscope.methods.recall.queries import RELATIONS, RecallItem, prepare, relation_queries
-from hopscope.methods.recall.study import RecallResult, recall_study
-from hopscope.methods.recall.suppression import (
-    EvalSet, LastLayerState, Mitigation, evaluate_mitigations, final_layer_effects, mitigation_summary,
-    propose_mitigations, suppression_share,
-)
+from hopscope.methods.recall.analysis import ANALYSIS, run
+from hopscope.methods.recall.mitigation import Mitigation
+from hopscope.methods.recall.queries import RELATIONS, relation_queries
+from hopscope.methods.recall.settings import Settings
 
-__all__ = [
-    "EvalSet", "LastLayerState", "LastPosition", "MLPSpec", "Mitigation", "NormSpec", "RELATIONS", "RecallItem",
-    "RecallResult", "candidate_heads", "collect", "decomposition_summary", "evaluate_mitigations",
-    "final_layer_effects", "head_ablation", "head_frame", "head_heatmaps", "head_summary", "logit_diff",
-    "decompose_mlp", "logit_diff_directions", "mitigation_summary", "mlp_layers", "mlp_spec", "norm_spec",
-    "prepare", "propose_mitigations", "recall_study", "relation_queries", "suppression_share",
-]
+__all__ = ["ANALYSIS", "Mitigation", "RELATIONS", "Settings", "relation_queries", "run"]

@@ -1,12 +1,13 @@
-"""Heads that move the subject to the last position (Lv et al. 2024, arXiv 2403.19521, section 3).
+"""Heads that move the subject to the last position (Lv et al. 2024).
 
-For every head at the last position: its direct logit attribution (DLA) to the answer, its attention
+Observational, per head at the last position: its direct logit attribution (DLA) to the answer, its attention
 from the last token onto the subject span, the dot product of its output with the subject token's
-unembedding row, and the Pearson correlation of the last two across prompts (a head that "passes the
-argument" writes more of the subject the more it attends to it). Causal check: replace the head's
-last-position output by its mean over prompts about other subjects, either plainly (total effect) or
-as a path patch that lets the change reach the logits only directly and through later MLPs (later
-attention outputs at the last position are frozen at their clean values).
+unembedding row, and their Pearson correlation across prompts (a head that "passes the argument" writes more
+of the subject the more it attends to it). Causal, per (prompt, head): path patching, the head's
+last-position output replaced by its value on the source run (a prompt about another subject, or the mean
+over prompts) with every later attention output at the last position frozen at its clean value, so the
+change reaches the logits only directly and through later MLPs (``drop_path``); optionally plain
+activation patching without freezing (``drop_total``); and the DLA of the change (``drop_direct``).
 """
 
 from __future__ import annotations
@@ -17,31 +18,33 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hopscope.engine import Site, replace, run_last_position
-from hopscope.engine.interventions import Intervention
-from hopscope.methods.recall.collect import LastPosition, logit_diff
+from hopscope.engine import Intervention, Site, prompt_pass, replace
+from hopscope.methods.recall.collect import LastPosition, answer_logit_diff
+from hopscope.methods.recall.linearize import direction_logits
+from hopscope.progress import bar
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from hopscope.models.loaded import LoadedModel
 
 HeadId = tuple[int, int]
+DROPS = ("drop_path", "drop_total", "drop_direct")
+
+# A mover attends from the last token to the subject, writes towards the subject token's unembedding, and
+# helps the answer. (The attention-dot correlation is reported, not required: a head that attends to the
+# subject on every prompt has no attention variance to correlate.)
+MOVER_MIN_ATTENTION = 0.2
+MOVER_MIN_DLA = 0.1
 
 
-# -- observational metrics --------------------------------------------------------------------------
 def head_frame(lp: LastPosition) -> pd.DataFrame:
     """One row per (prompt, layer, head): ``dla``, ``attn_subject``, ``subject_dot``."""
-    n, L, H = lp.attn_to_subject.shape
+    n, L, H, _ = lp.heads.shape
     dla, att, dot = lp.head_dla(), lp.attn_to_subject, lp.subject_dot()
     layer, head = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
-    frames = []
-    for i, it in enumerate(lp.items):
-        frames.append(pd.DataFrame({
-            "qid": it.qid, "subject": it.subject, "layer": layer.ravel(), "head": head.ravel(),
-            "dla": dla[i].reshape(-1).numpy(), "attn_subject": att[i].reshape(-1).numpy(),
-            "subject_dot": dot[i].reshape(-1).numpy(),
-        }))
+    frames = [pd.DataFrame({
+        "qid": it.qid, "layer": layer.ravel(), "head": head.ravel(), "dla": dla[i].reshape(-1).numpy(),
+        "attn_subject": att[i].reshape(-1).numpy(), "subject_dot": dot[i].reshape(-1).numpy(),
+    }) for i, it in enumerate(lp.items)]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -51,9 +54,10 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / denom) if denom > 1e-12 else float("nan")
 
 
-def head_summary(per_prompt: pd.DataFrame, causal: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per head: means of the per-prompt metrics, ``corr_attn_dot`` (Pearson across prompts),
-    the causal drops when given, and ``rank`` (by path-patched drop, then DLA; 1 = most important)."""
+def head_summary(per_prompt: pd.DataFrame, patching: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per head: means of the per-prompt metrics, ``corr_attn_dot`` (Pearson across prompts), the
+    mean causal drops and ``drop_path_pct`` (100 x mean drop / mean clean logit difference, the paper's
+    scale) where measured, ``mover``, and ``rank`` (by path-patched drop, then DLA; 1 = most important)."""
     rows = []
     for (layer, head), g in per_prompt.groupby(["layer", "head"], sort=True):
         rows.append({
@@ -62,11 +66,16 @@ def head_summary(per_prompt: pd.DataFrame, causal: pd.DataFrame | None = None) -
             "corr_attn_dot": _pearson(g["attn_subject"].to_numpy(), g["subject_dot"].to_numpy()),
         })
     out = pd.DataFrame(rows)
-    if causal is not None and len(causal):
-        means = causal.groupby(["layer", "head"])[["drop_total", "drop_path", "drop_direct"]].mean().reset_index()
-        out = out.merge(means, on=["layer", "head"], how="left")
-    else:
-        out[["drop_total", "drop_path", "drop_direct"]] = np.nan
+    if patching is not None and len(patching):
+        cols = [c for c in DROPS if c in patching]
+        means = patching.groupby(["layer", "head"])[cols + ["clean_logit_diff"]].mean().reset_index()
+        means["drop_path_pct"] = 100.0 * means["drop_path"] / means["clean_logit_diff"]
+        out = out.merge(means.drop(columns="clean_logit_diff"), on=["layer", "head"], how="left")
+    for c in (*DROPS, "drop_path_pct"):
+        if c not in out:
+            out[c] = np.nan
+    out["mover"] = ((out["attn_subject"] >= MOVER_MIN_ATTENTION) & (out["subject_dot"] > 0)
+                    & (out["dla"] >= MOVER_MIN_DLA))
     out = out.sort_values(["drop_path", "dla"], ascending=False, na_position="last").reset_index(drop=True)
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     out.insert(3, "head_name", [f"L{l}H{h}" for l, h in zip(out["layer"], out["head"])])
@@ -74,124 +83,95 @@ def head_summary(per_prompt: pd.DataFrame, causal: pd.DataFrame | None = None) -
 
 
 def candidate_heads(summary: pd.DataFrame, k: int) -> list[HeadId]:
-    """The union of the top-``k`` heads by DLA, by attention to the subject, by subject dot product and
-    by |correlation|: the heads worth a causal check when not all of them can be run."""
+    """The union of the top-``k`` heads by DLA, by attention to the subject, by subject dot product and by
+    |correlation|: the heads worth a causal check when not all of them can be run."""
     picked: list[HeadId] = []
     for col, key in (("dla", None), ("attn_subject", None), ("subject_dot", None), ("corr_attn_dot", abs)):
         s = summary[col].abs() if key is abs else summary[col]
-        for idx in s.fillna(-np.inf).sort_values(ascending=False).index[:k]:
+        for idx in s.fillna(-np.inf).sort_values(ascending=False, kind="stable").index[:k]:
             hid = (int(summary.at[idx, "layer"]), int(summary.at[idx, "head"]))
             if hid not in picked:
                 picked.append(hid)
-    return picked
+    return sorted(picked)
 
 
 def subject_ranks(lm: "LoadedModel", lp: LastPosition, heads: Iterable[HeadId]) -> pd.DataFrame:
-    """Per head: median rank (0 = top) of the subject token in the vocabulary projection of its output, and
-    the share of prompts where it is in the top 10 (does the head write the subject?)."""
-    from hopscope.methods.recall.linearize import direction_logits
-
-    rows = []
+    """One row per (prompt, head): rank (0 = top) of the subject token in the vocabulary projection of the
+    head's output (does the head write the subject?)."""
+    frames = []
     for layer, head in heads:
         logits = direction_logits(lm, lp.heads[:, layer, head])
         chosen = logits.gather(-1, lp.subject_ids[:, None])
-        rank = (logits > chosen).sum(-1).float()
-        rows.append({"layer": layer, "head": head, "subject_rank": float(rank.median()),
-                     "subject_top10_share": float((rank < 10).float().mean())})
-    return pd.DataFrame(rows, columns=["layer", "head", "subject_rank", "subject_top10_share"])
+        rank = (logits > chosen).sum(-1)
+        frames.append(pd.DataFrame({"qid": [it.qid for it in lp.items], "layer": layer, "head": head,
+                                    "subject_rank": rank.numpy()}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        {"qid": pd.Series(dtype=str), "layer": pd.Series(dtype=int), "head": pd.Series(dtype=int),
+         "subject_rank": pd.Series(dtype=int)})
 
 
-# -- causal check ---------------------------------------------------------------------------------
-def other_subject_means(lp: LastPosition) -> torch.Tensor:
-    """``[n, L, H, d]``: for prompt i, each head's mean last-position output over prompts whose subject differs."""
-    subjects = [it.subject for it in lp.items]
-    out = torch.empty_like(lp.heads)
-    for i, s in enumerate(subjects):
-        others = [j for j, t in enumerate(subjects) if t != s]
-        if not others:
-            raise ValueError("mean-ablation needs prompts about at least two different subjects")
-        out[i] = lp.heads[others].mean(0)
-    return out
-
-
-def run_rows(lm: "LoadedModel", prompt: str, rows: Sequence[Sequence[Intervention]], *,
-             chunk: int = 96) -> torch.Tensor:
-    """Last-position logits ``[len(rows), V]`` of ``prompt`` under each row's interventions (fast path, chunked)."""
-    outs = [run_last_position(lm, prompt, list(rows[s:s + chunk])).logits for s in range(0, len(rows), chunk)]
-    return torch.cat(outs)
-
-
-def ablation_rows(lp: LastPosition, i: int, heads: Iterable[HeadId], means: torch.Tensor,
-                  *, path: bool = True) -> tuple[list[list[Intervention]], list[tuple[HeadId, str]]]:
-    """Intervention rows for prompt ``i``: per head, its output replaced by ``means[i, l, h]`` (``total``)
-    and, with ``path``, the same with every later attention output frozen at its clean value (``path``)."""
+def patch_rows(lp: LastPosition, i: int, heads: Sequence[HeadId], source: torch.Tensor, *,
+               total: bool = True) -> tuple[list[list[Intervention]], list[tuple[HeadId, str]]]:
+    """Intervention rows for prompt ``i``: per head, its last-position output replaced by ``source[l, h]``
+    with every later attention output frozen at its clean value (``path``), and, with ``total``, the
+    replacement alone (``total``)."""
     rows, labels = [], []
     L = lp.heads.shape[1]
     for layer, head in heads:
-        swap = replace(Site(layer, "head_out", -1, head=head), means[i, layer, head])
-        rows.append([swap])
-        labels.append(((layer, head), "total"))
-        if path:
-            frozen = [replace(Site(l2, "attn_out", -1), lp.attn[i, l2]) for l2 in range(layer + 1, L)]
-            rows.append([swap, *frozen])
-            labels.append(((layer, head), "path"))
+        swap = replace(Site(layer, "head_out", -1, head=head), source[layer, head])
+        frozen = [replace(Site(l2, "attn_out", -1), lp.attn[i, l2]) for l2 in range(layer + 1, L)]
+        rows.append([swap, *frozen])
+        labels.append(((layer, head), "path"))
+        if total:
+            rows.append([swap])
+            labels.append(((layer, head), "total"))
     return rows, labels
 
 
-def head_ablation(lm: "LoadedModel", lp: LastPosition, heads: Iterable[HeadId] | None = None, *,
-                  path: bool = True, means: torch.Tensor | None = None, progress: bool = False) -> pd.DataFrame:
-    """Drop in the answer's logit difference when each head's last-position output is mean-ablated.
+def path_patching(lm: "LoadedModel", lp: LastPosition, heads: Sequence[HeadId], source: torch.Tensor, *,
+                  total: bool = True, progress: bool = False) -> pd.DataFrame:
+    """One row per (prompt, head): the drop in the answer's logit difference (clean minus patched; positive =
+    the head helps) when the head's last-position output takes the value ``source[i, l, h]`` (``[n, L, H, d]``).
 
-    One row per (prompt, head): ``drop_total`` (plain ablation), ``drop_path`` (effect only directly and
-    through later MLPs), ``drop_direct`` (DLA of the change, final norm frozen). Positive = the head helps.
+    Columns ``drop_path``, ``drop_total`` (NaN without ``total``), ``drop_direct`` (DLA of the change, final
+    norm frozen at the clean run) and ``clean_logit_diff``. Every row of a prompt runs in one prompt pass
+    from the last position; a row joins the batch at its head's layer (the engine's staircase).
     """
-    L, H = lp.heads.shape[1:3]
-    heads = [(l, h) for l in range(L) for h in range(H)] if heads is None else list(heads)
-    means = other_subject_means(lp) if means is None else means
     records = []
-    iterator = enumerate(lp.items)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(list(iterator), desc="head ablation", leave=False)
-    for i, it in iterator:
-        rows, labels = ablation_rows(lp, i, heads, means, path=path)
-        logits = run_rows(lm, it.prompt, [[]] + rows)
-        ld = logit_diff(logits, [it.answer_id] * len(logits))
-        drops = (ld[0] - ld[1:]).tolist()
-        by_head: dict[HeadId, dict[str, float]] = {}
-        for (hid, kind), d in zip(labels, drops):
-            by_head.setdefault(hid, {})[f"drop_{kind}"] = d
-        for (layer, head), vals in by_head.items():
-            direct = float(lp.u[i] @ (lp.heads[i, layer, head] - means[i, layer, head]))
-            records.append({"qid": it.qid, "layer": layer, "head": head,
-                            "drop_total": vals.get("drop_total", np.nan), "drop_path": vals.get("drop_path", np.nan),
-                            "drop_direct": direct, "clean_logit_diff": float(ld[0])})
-    return pd.DataFrame(records)
+    for i, it in enumerate(bar(lp.items, desc="path patching", enabled=progress, unit="prompt")):
+        rows, labels = patch_rows(lp, i, heads, source[i], total=total)
+        logits = prompt_pass(lm, it.prompt, [[]] + rows, start=-1).logits
+        ld = answer_logit_diff(logits, [it.answer_id] * len(logits))
+        drops: dict[HeadId, dict[str, float]] = {}
+        for (hid, kind), d in zip(labels, (ld[0] - ld[1:]).tolist()):
+            drops.setdefault(hid, {})[f"drop_{kind}"] = d
+        for (layer, head), vals in drops.items():
+            direct = float(lp.u[i] @ (lp.heads[i, layer, head] - source[i, layer, head]))
+            records.append({"qid": it.qid, "layer": layer, "head": head, "drop_path": vals["drop_path"],
+                            "drop_total": vals.get("drop_total", np.nan), "drop_direct": direct,
+                            "clean_logit_diff": float(ld[0])})
+    return pd.DataFrame(records, columns=["qid", "layer", "head", *DROPS, "clean_logit_diff"])
 
 
-# -- figures ----------------------------------------------------------------------------------------
-HEATMAP_METRICS = {
-    "dla": ("direct logit attribution to the answer", "logit diff"),
-    "attn_subject": ("attention from the last token to the subject", "attention"),
-    "subject_dot": ("head output . subject unembedding", "dot product"),
-    "corr_attn_dot": ("corr(attention to subject, subject dot) across prompts", "Pearson r"),
-    "drop_total": ("drop in logit diff, mean-ablated", "logit diff"),
-    "drop_path": ("drop in logit diff, path-patched (direct + later MLPs)", "logit diff"),
-}
+def top_heads(patching: pd.DataFrame, qids: Iterable[str], k: int) -> list[HeadId]:
+    """The ``k`` heads with the largest mean path-patched drop over the prompts ``qids`` (ties by layer, head)."""
+    sel = patching[patching["qid"].isin(set(qids))]
+    means = sel.groupby(["layer", "head"])["drop_path"].mean().reset_index()
+    means = means.sort_values(["drop_path", "layer", "head"], ascending=[False, True, True], kind="stable")
+    return [(int(r.layer), int(r.head)) for r in means.head(k).itertuples()]
 
 
-def head_heatmaps(summary: pd.DataFrame, title_suffix: str = "") -> dict[str, "Figure"]:
-    """One (layer x head) heatmap per metric of ``summary`` that has any finite value."""
-    from hopscope.report.figures import heatmap
-
-    figs = {}
-    for metric, (title, label) in HEATMAP_METRICS.items():
-        if metric not in summary or not np.isfinite(summary[metric]).any():
-            continue
-        grid = summary.pivot(index="layer", columns="head", values=metric).sort_index()
-        diverging = metric != "attn_subject"
-        figs[metric] = heatmap(grid, title=title + title_suffix, colorbar_label=label, xlabel="head",
-                               ylabel="layer", center=0.0 if diverging else None,
-                               cmap=None if diverging else "magma")
-    return figs
+def concentration(patching: pd.DataFrame, heads: Sequence[HeadId]) -> pd.DataFrame:
+    """Per prompt: the share of the path-patching effect carried by ``heads``, ``top_share`` = sum of their
+    drops / sum of |drops| over every patched head, and ``random_share``, its exact expectation for as many
+    heads drawn uniformly at random among the patched ones (k / N x sum of drops / sum of |drops|)."""
+    chosen = set(heads)
+    rows = []
+    for qid, g in patching.groupby("qid", sort=False):
+        d = g["drop_path"].to_numpy(dtype=float)
+        scale = np.abs(d).sum()
+        mask = np.array([(int(l), int(h)) in chosen for l, h in zip(g["layer"], g["head"])])
+        top = d[mask].sum() / scale if scale > 0 else 0.0
+        rand = len(chosen) / len(d) * d.sum() / scale if scale > 0 else 0.0
+        rows.append({"qid": qid, "top_share": float(top), "random_share": float(rand), "n_heads": len(d)})
+    return pd.DataFrame(rows, columns=["qid", "top_share", "random_share", "n_heads"])

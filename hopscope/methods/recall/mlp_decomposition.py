@@ -1,4 +1,4 @@
-"""MLPs as activations that amplify or erase head outputs (Lv et al. 2024, section 4).
+"""MLPs as activations that amplify or erase head outputs (Lv et al. 2024).
 
 The MLP output at the last position is decomposed against the components of its input (each head of
 its own layer, chosen earlier heads, the attention bias, and the rest of the residual):
@@ -23,8 +23,6 @@ from hopscope.methods.recall.collect import LastPosition
 from hopscope.methods.recall.linearize import direction_logits, mlp_spec
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from hopscope.models.loaded import LoadedModel
 
 HeadId = tuple[int, int]
@@ -89,7 +87,7 @@ def least_squares(mlp_out: torch.Tensor, directions: torch.Tensor) -> tuple[torc
 
 
 def decompose_mlp(lm: "LoadedModel", lp: LastPosition, layer: int, extra_heads: Sequence[HeadId] = (),
-                      *, k: int = 5) -> pd.DataFrame:
+                  *, k: int = 5) -> pd.DataFrame:
     """One row per (prompt, component) of the last-position MLP output of ``layer``.
 
     Columns: ``lstsq_coef`` (heads only; NaN for the rest), ``input_norm``, ``part_norm``, ``part_gain``
@@ -107,35 +105,31 @@ def decompose_mlp(lm: "LoadedModel", lp: LastPosition, layer: int, extra_heads: 
     sum_error = (parts.sum(1) + const - out).abs().amax(-1)
     head_idx = [j for j, nm in enumerate(names) if "H" in nm and not nm.endswith("bias")]
     coef, remainder = least_squares(out, comps[:, head_idx])
-    n, kk, d = comps.shape
-    part_logits = direction_logits(lm, parts.reshape(-1, d)).reshape(n, kk, -1)
-    in_logits = direction_logits(lm, comps.reshape(-1, d)).reshape(n, kk, -1)
     subj, ans = lp.subject_ids, lp.answer_ids
+    qids = [it.qid for it in lp.items]
     rows = []
-    for j, name in enumerate(names):
+    for j, name in enumerate(names):  # one component at a time: [n, V] projections, not [n, k, V]
+        part_logits, in_logits = direction_logits(lm, parts[:, j]), direction_logits(lm, comps[:, j])
         gain = (parts[:, j] * comps[:, j]).sum(-1) / comps[:, j].pow(2).sum(-1).clamp_min(1e-12)
         col = head_idx.index(j) if j in head_idx else None
-        block = pd.DataFrame({
-            "qid": [it.qid for it in lp.items], "subject": [it.subject for it in lp.items], "mlp_layer": layer,
-            "component": name,
+        rows.append(pd.DataFrame({
+            "qid": qids, "mlp_layer": layer, "component": name,
             "lstsq_coef": coef[:, col].numpy() if col is not None else np.nan,
             "input_norm": comps[:, j].norm(dim=-1).numpy(), "part_norm": parts[:, j].norm(dim=-1).numpy(),
             "part_gain": gain.numpy(), "part_dla": (parts[:, j] * lp.u).sum(-1).numpy(),
-            "subject_rank": _rank(part_logits[:, j], subj).numpy(),
-            "answer_rank": _rank(part_logits[:, j], ans).numpy(),
-            "answer_cand_rank": candidate_rank(part_logits[:, j], ans).numpy(),
-            "input_subject_rank": _rank(in_logits[:, j], subj).numpy(),
-            "part_top": _top(lm, part_logits[:, j], k), "input_top": _top(lm, in_logits[:, j], k),
-        })
-        rows.append(block)
+            "subject_rank": _rank(part_logits, subj).numpy(), "answer_rank": _rank(part_logits, ans).numpy(),
+            "answer_cand_rank": candidate_rank(part_logits, ans).numpy(),
+            "input_subject_rank": _rank(in_logits, subj).numpy(),
+            "part_top": _top(lm, part_logits, k), "input_top": _top(lm, in_logits, k),
+        }))
     extra = {"constant": const, "remainder": remainder}
     if float(const.abs().max()) == 0.0:  # no biases anywhere (Llama): nothing to show
         del extra["constant"]
     for name, vec in extra.items():
         lg = direction_logits(lm, vec)
         rows.append(pd.DataFrame({
-            "qid": [it.qid for it in lp.items], "subject": [it.subject for it in lp.items], "mlp_layer": layer,
-            "component": name, "lstsq_coef": np.nan, "input_norm": np.nan, "part_norm": vec.norm(dim=-1).numpy(),
+            "qid": qids, "mlp_layer": layer, "component": name, "lstsq_coef": np.nan, "input_norm": np.nan,
+            "part_norm": vec.norm(dim=-1).numpy(),
             "part_gain": np.nan, "part_dla": (vec * lp.u).sum(-1).numpy(),
             "subject_rank": _rank(lg, subj).numpy(), "answer_rank": _rank(lg, ans).numpy(),
             "answer_cand_rank": candidate_rank(lg, ans).numpy(), "input_subject_rank": np.nan,
@@ -163,66 +157,29 @@ def decomposition_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def mlp_layers(lm: "LoadedModel", lp: LastPosition) -> pd.DataFrame:
-    """One row per layer: the MLP's mean DLA to the answer, the median rank of the answer and the subject
-    in its output's vocabulary projection, and ``answer_cand_top1_share``: how often the prompt-specific
-    part of its output ranks this prompt's answer first among all prompts' answers (see
-    :func:`candidate_rank`; ``chance`` = 1 / #answers). Which MLP writes the answer, which the subject?"""
-    rows = []
+    """One row per (prompt, layer): the MLP's DLA to the answer, the rank (0 = top) of the answer and of the
+    subject in its output's vocabulary projection, and ``answer_cand_rank``: the rank of this prompt's answer
+    among all prompts' answers in the prompt-specific part of that projection (:func:`candidate_rank`).
+    Which MLP writes the answer (the paper's implicit ``get_capital(X)``), which the subject?"""
+    frames = []
     dla = lp.rest_dla()["mlp"]
-    chance = 1.0 / len(torch.unique(lp.answer_ids))
+    qids = [it.qid for it in lp.items]
     for layer in range(lp.mlp.shape[1]):
         lg = direction_logits(lm, lp.mlp[:, layer])
-        ans_rank, subj_rank = _rank(lg, lp.answer_ids), _rank(lg, lp.subject_ids)
-        cand = candidate_rank(lg, lp.answer_ids)
-        rows.append({"layer": layer, "mlp_dla": float(dla[:, layer].mean()),
-                     "answer_rank": float(ans_rank.float().median()),
-                     "subject_rank": float(subj_rank.float().median()),
-                     "answer_top10_share": float((ans_rank < 10).float().mean()),
-                     "subject_top10_share": float((subj_rank < 10).float().mean()),
-                     "answer_cand_top1_share": float((cand == 0).float().mean()), "chance": chance})
-    return pd.DataFrame(rows)
+        frames.append(pd.DataFrame({
+            "qid": qids, "layer": layer, "mlp_dla": dla[:, layer].numpy(),
+            "answer_rank": _rank(lg, lp.answer_ids).numpy(), "subject_rank": _rank(lg, lp.subject_ids).numpy(),
+            "answer_cand_rank": candidate_rank(lg, lp.answer_ids).numpy()}))
+    return pd.concat(frames, ignore_index=True)
 
 
-def decomposition_figure(summary: pd.DataFrame, layer: int) -> "Figure":
-    """Bars of the mean least-squares coefficient and the mean linearised gain per head component (heads whose
-    output norm is under a tenth of the largest are left out: their coefficients are noise)."""
-    from matplotlib.figure import Figure
-
-    heads = summary[summary["component"].str.contains("H") & ~summary["component"].str.contains("bias")]
-    heads = heads[heads["input_norm"] >= 0.1 * heads["input_norm"].max()]
-    fig = Figure(figsize=(max(5.0, 0.6 * len(heads) + 2), 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    x = np.arange(len(heads))
-    ax.bar(x - 0.2, heads["lstsq_coef"], 0.4, label="least-squares coefficient")
-    ax.bar(x + 0.2, heads["part_gain"], 0.4, label="linearised gain (part . input / |input|^2)")
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, heads["component"], rotation=45, ha="right")
-    ax.set_ylabel("> 0 amplify, < 0 erase")
-    ax.set_title(f"MLP {layer} at the last position: amplify or erase each head")
-    ax.legend(fontsize=8)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    return fig
-
-
-def mlp_layers_figure(layers: pd.DataFrame) -> "Figure":
-    """Per layer: the MLP's mean DLA to the answer, and the share of prompts with answer/subject in its top 10."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    ax.bar(layers["layer"], layers["mlp_dla"], color="C0", label="mean DLA to answer")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("logit diff")
-    ax2 = ax.twinx()
-    ax2.plot(layers["layer"], layers["answer_cand_top1_share"], "o-", color="C3",
-             label="answer ranked 1st among all answers (prompt-specific part)")
-    ax2.axhline(float(layers["chance"].iloc[0]), color="C3", ls=":", lw=0.8, label="chance")
-    ax2.plot(layers["layer"], layers["subject_top10_share"], "s--", color="C2", label="subject in top 10 tokens")
-    ax2.set_ylim(0, 1.05)
-    ax2.set_ylabel("share of prompts")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
-    ax.set_title("What each MLP writes at the last position")
-    return fig
+def mlp_layer_summary(per_prompt: pd.DataFrame) -> pd.DataFrame:
+    """One row per layer of :func:`mlp_layers`: mean DLA, median ranks, shares of prompts with the answer /
+    subject in the top 10 and with the answer first among all answers, and ``chance`` = 1 / #answers."""
+    g = per_prompt.groupby("layer", sort=True)
+    out = g.agg(mlp_dla=("mlp_dla", "mean"), answer_rank=("answer_rank", "median"),
+                subject_rank=("subject_rank", "median")).reset_index()
+    out["answer_top10_share"] = g["answer_rank"].apply(lambda s: float((s < 10).mean())).to_numpy()
+    out["subject_top10_share"] = g["subject_rank"].apply(lambda s: float((s < 10).mean())).to_numpy()
+    out["answer_cand_top1_share"] = g["answer_cand_rank"].apply(lambda s: float((s == 0).mean())).to_numpy()
+    return out
