@@ -16,6 +16,7 @@ from hopscope.engine import kv
 from hopscope.engine.compat import call_model, output_cache
 from hopscope.engine.interventions import Intervention
 from hopscope.engine.layout import Layout
+from hopscope.engine.sites import Site
 from hopscope.engine.passes import prompt_pass
 from hopscope.engine.runner import (MIN_SHARED_PREFIX, _check_nonempty, common_prefix, forward, rows_of,
                                     shared_prefix_length, suffix_pass)
@@ -59,18 +60,27 @@ def generate(
     first_logits: bool = False,
     batch_size: int = 256,
     fast: bool = True,
+    edits: Sequence[Sequence[Intervention]] | None = None,
 ) -> Generation:
     """Greedy-decode ``max_new_tokens`` per row; interventions act on the prompt pass only.
 
     ``prompts``: one prompt shared by every row of ``interventions`` (its prefix before ``start`` runs once,
     see :func:`prompt_pass`), or one prompt per row (prompts sharing a token prefix run it once).
-    ``fast=False`` is the reference: every row's whole prompt runs through every block, left-padded.
+    ``edits``: per row, interventions that act like a change of the model itself: at every position of the
+    prompt and of every generated token (e.g. a mitigation; their ``position`` is ignored). Rows with edits
+    run their whole prompt (no shared prefix). ``fast=False`` is the reference: every row's whole prompt
+    runs through every block, left-padded.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
     shared = isinstance(prompts, str)
     n_rows = (len(interventions) if interventions is not None else 1) if shared else len(prompts)
     rows = rows_of(interventions, n_rows)
+    step_edits = None
+    if edits is not None and any(len(e) for e in rows_of(edits, n_rows)):
+        step_edits = [[_everywhere(iv, -1) for iv in e] for e in rows_of(edits, n_rows)]
+        rows = [r + [_everywhere(iv, None) for iv in e] for r, e in zip(rows, rows_of(edits, n_rows))]
+        fast = False
     tokens: list[list[int]] = [[] for _ in range(n_rows)]
     logits: list[torch.Tensor] = []
     if shared and fast:
@@ -80,7 +90,7 @@ def generate(
             res = prompt_pass(lm, prompts, [rows[i] for i in chunk], start=start, keep_cache=True)
             mask = torch.ones((len(chunk), n), dtype=torch.long, device=lm.device)
             pos = torch.full((len(chunk),), n, dtype=torch.long, device=lm.device)
-            _decode(lm, res.logits, res.past_key_values, mask, pos, max_new_tokens, stop, chunk, tokens)
+            _decode(lm, res.logits, res.past_key_values, mask, pos, max_new_tokens, stop, chunk, tokens, None)
             if first_logits:
                 logits.append(res.logits.cpu())
     else:
@@ -101,7 +111,8 @@ def generate(
                 out, cache, _ = forward(lm, batch.input_ids, batch.attention_mask, batch.position_ids, g_rows,
                                         layout, use_cache=True, last_only=True)
                 first, mask, pos = out[:, -1].float(), batch.attention_mask, batch.position_ids[:, -1] + 1
-            _decode(lm, first, cache, mask, pos, max_new_tokens, stop, group, tokens)
+            _decode(lm, first, cache, mask, pos, max_new_tokens, stop, group, tokens,
+                    None if step_edits is None else [step_edits[i] for i in group])
             if first_logits:
                 logits.append((group, first.cpu()))
     out_logits = None
@@ -115,9 +126,18 @@ def generate(
     return Generation(tokens, out_logits)
 
 
+def _everywhere(iv: Intervention, position) -> Intervention:
+    """A model edit at ``position`` (None: every position of the prompt pass; -1: the new token)."""
+    if iv.op in ("knockout", "cache"):
+        raise ValueError(f"edits change the model at every position: {iv.op!r} is not an edit")
+    return iv.at(Site(iv.site.layer, iv.site.component, position, iv.site.head))
+
+
 def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, next_pos: torch.Tensor,
-            max_new_tokens: int, stop: Stop | None, row_ids: Sequence[int], out: list[list[int]]) -> None:
-    """Greedy continuation from a prompt cache into ``out[row_ids[i]]``; stopped rows leave the batch."""
+            max_new_tokens: int, stop: Stop | None, row_ids: Sequence[int], out: list[list[int]],
+            edits: list[list[Intervention]] | None) -> None:
+    """Greedy continuation from a prompt cache into ``out[row_ids[i]]``; stopped rows leave the batch.
+    ``edits[i]`` act on each new token of row ``i``."""
     tok = first.argmax(-1)
     live = list(range(len(row_ids)))
     padded = bool((mask == 0).any())  # without padding the model needs no mask: every new token sees everything
@@ -134,11 +154,16 @@ def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, n
                 tok, mask, next_pos = tok[idx], mask[idx], next_pos[idx]
                 live = [live[j] for j in keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        step = call_model(lm.model, past=cache, input_ids=tok[:, None], attention_mask=mask if padded else None,
-                          position_ids=next_pos[:, None], use_cache=True, logits_to_keep=1)
-        cache = output_cache(step)
+        if edits is None:
+            step = call_model(lm.model, past=cache, input_ids=tok[:, None], attention_mask=mask if padded else None,
+                              position_ids=next_pos[:, None], use_cache=True, logits_to_keep=1)
+            logits, cache = step.logits, output_cache(step)
+        else:
+            r = len(live)
+            logits, cache, _ = forward(lm, tok[:, None], mask, next_pos[:, None], [edits[i] for i in live],
+                                       Layout([1] * r, [0] * r, 0, 1), past=cache, use_cache=True, last_only=True)
         next_pos = next_pos + 1
-        tok = step.logits[:, -1].argmax(-1).to(mask.device)  # a model split over devices ends on another one
+        tok = logits[:, -1].argmax(-1).to(mask.device)  # a model split over devices ends on another one
         for i, t in zip(live, tok.tolist()):
             out[row_ids[i]].append(int(t))
 

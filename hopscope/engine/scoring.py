@@ -123,3 +123,10 @@ class MatchRule:
         return {"max_new_tokens": self.max_new_tokens, "anywhere": self.anywhere,
                 "rule": ("an alias of the target appears " + ("anywhere" if self.anywhere else "at the start")
                          + f" in the first {self.max_new_tokens} greedy tokens (normalised, whole words)")}
+
+
+def logit_vs_mean(logits: torch.Tensor, token_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """``logits[i, token_ids[i]]`` minus the mean logit of row ``i`` (Lv et al.'s answer metric)."""
+    ids = torch.as_tensor(token_ids, device=logits.device, dtype=torch.long)
+    lf = logits.float()
+    return lf.gather(-1, ids[:, None])[:, 0] - lf.mean(-1)

@@ -217,3 +217,29 @@ def test_no_deprecation_warning_from_hopscopes_own_calls(tiny_llama, caplog):
         generate(tiny_llama, PROMPT, [[], []], max_new_tokens=3, start=2)
     text = " ".join([str(w.message) for w in caught] + [r.getMessage() for r in caplog.records])
     assert "deprecated" not in text.lower(), text
+
+
+def test_edits_act_at_every_position_of_prompt_and_generation(tiny_model):
+    """A model edit in ``generate`` equals greedy decoding by rerunning the whole sequence with the edit everywhere."""
+    from hopscope.engine.layout import Layout
+    from hopscope.engine.runner import forward
+
+    lm = tiny_model
+    edit = [scale(Site(lm.n_layers - 1, "attn_out", None), 0.0)]
+    prompts = [PROMPT, FEW_SHOT + QUESTIONS[0]]
+    got = generate(lm, prompts, max_new_tokens=4, edits=[edit, []])
+    ids = lm.to_ids(PROMPT)
+    n = len(ids)
+    for _ in range(4):
+        b = lm.encode_ids([ids])
+        logits, _, _ = forward(lm, b.input_ids, b.attention_mask, b.position_ids, [edit],
+                               Layout.left_padded(b.lengths, b.input_ids.shape[1]), last_only=True)
+        ids = ids + [int(logits[0, -1].argmax())]
+    assert got.tokens[0] == ids[n:]
+    plain = generate(lm, prompts, max_new_tokens=4)
+    assert plain.tokens[1] == got.tokens[1]  # the row without edits is the plain generation
+    # not vacuous: the edit changes what the model says at some step (checked on the logits of step 1)
+    first = run(lm, [PROMPT], [edit], last_only=True, share_prefix=False).logits
+    assert (first - run(lm, [PROMPT], last_only=True, share_prefix=False).logits).abs().max().item() > 1e-4
+    with pytest.raises(ValueError, match="not an edit"):
+        generate(lm, PROMPT, [[]], edits=[[knockout(0, keys=[0])]])
