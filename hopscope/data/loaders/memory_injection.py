@@ -19,6 +19,7 @@ from hopscope.data.spans import SpanNotFound, char_span
 HANDWRITTEN = "handwritten_obscure_explicit_data.csv"
 MULTI_HOP = "multi_hop_1000.csv"
 COLUMNS = ("explicit_sentence", "obscure_sentence", "explicit_entity", "obscure_entity", "answer")
+RAW_COLUMNS = ("explicit_sentence", "obscure_sentence", "explicit_entity")  # kept unstripped in meta["raw"]
 PROVENANCE = "memory_injections (Sakarvadia et al. 2023, MIT): {}"
 # stands in for e1 in the relation-shortcut prompt (the composition asked without its subject)
 UNKNOWN_ENTITY = "something"
@@ -62,12 +63,16 @@ def _row_query(row: dict, qid: str, provenance: str, has_facts: bool) -> TwoHopQ
             relation_shortcut = composed[:a] + UNKNOWN_ENTITY + composed[b:]
     span = _span(composed, phrase)
     e1_span = _span(composed, e1) if e1 else None
+    meta = {"obscure_entity": phrase, "phrase_found": span is not None}
+    raw = {c: row[c] for c in RAW_COLUMNS if isinstance(row.get(c), str) and row[c] != row[c].strip()}
+    if raw:  # the seed feeds cells unstripped (e.g. a trailing space): memory injection uses these
+        meta["raw"] = raw
     return TwoHopQuery(
         qid=qid, prompt=composed, first_hop_prompt=first, second_hop_prompt=second,
         e1=e1, e2=e2, e3=e3, r1=r1, r2=r2, e2_aliases=e2_aliases, e3_aliases=e3_aliases,
         first_hop_span=span, e1_span=e1_span, entity_shortcut_prompt=entity_shortcut,
         relation_shortcut_prompt=relation_shortcut, composition=f"{r1}->{r2}" if has_facts else "handwritten",
-        provenance=provenance, meta={"obscure_entity": phrase, "phrase_found": span is not None},
+        provenance=provenance, meta=meta,
     )
 
 
