@@ -162,7 +162,7 @@ class FolderStore:
     def count(self, stage: str | None = None) -> int:
         """Finished shards (of one stage, or all)."""
         pattern = f"{stage}/*/_done" if stage else "*/*/_done"
-        return len(list(self.root.glob(pattern)))
+        return sum(1 for p in self.root.glob(pattern) if not p.parent.name.startswith("."))  # not a killed put's
 
 
 def _check_table(shard: Shard, name: str, df: Any) -> None:
@@ -217,6 +217,8 @@ def execute(analysis: Analysis, lm: "LoadedModel", data: Any = None, settings: A
 
     ``run_folder``: None (in memory), a :class:`hopscope.report.RunFolder` (the result is saved into it and
     left for its owner to finish), or a path (a run folder created, or resumed if it holds one, and finished).
+    ``lm``: the loaded model, or, when ``executor`` runs the shards on copies of its own (the Ray executor of
+    :mod:`hopscope.sweep`), any object whose ``summary()`` gives the model's facts.
     """
     from hopscope.report import RunFolder
 

@@ -12,7 +12,7 @@ from hopscope.cli.common import (DeviceOpt, DtypeOpt, OutOpt, ProgressOpt, Quick
 
 def study(
     model: List[str] = typer.Option([], "--model", "-m", help="Model(s) to study (repeatable): embedded name, local HF "
-                                    "folder, .gguf file, hub id or tiny:<family> (default: the embedded SmolLM2-135M)."),
+                                    "folder, .gguf file, hub id or tiny-<family> (default: the embedded SmolLM2-135M)."),
     only: List[str] = typer.Option([], "--only", help="Run only these analyses (repeatable): hopping, injection, "
                                    "recall, probe, repair."),
     quick: bool = QuickOpt,

@@ -95,7 +95,8 @@ def forward(lm: "LoadedModel", input_ids: torch.Tensor, attention_mask: torch.Te
                         input_ids.device)
         out = call_model(lm.model, past=past, input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids, use_cache=use_cache, logits_to_keep=1 if last_only else 0)
-    return out.logits, (output_cache(out) if use_cache else None), session
+    logits = out.logits if out.logits.device == input_ids.device else out.logits.to(input_ids.device)  # split models
+    return logits, (output_cache(out) if use_cache else None), session
 
 
 def run(

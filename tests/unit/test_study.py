@@ -13,7 +13,7 @@ from hopscope.study import StudySettings, run_study
 def toys(monkeypatch):
     monkeypatch.setitem(REGISTRY, "toy_a", "tests.support.toy_analyses:TOY_A")
     monkeypatch.setitem(REGISTRY, "toy_b", "tests.support.toy_analyses:TOY_B")
-    return StudySettings(models=("tiny:llama",), analyses=("toy_a", "toy_b"), quick=True)
+    return StudySettings(models=("tiny-llama",), analyses=("toy_a", "toy_b"), quick=True)
 
 
 def _tables(folder):
@@ -36,7 +36,7 @@ def test_study_writes_children_claims_and_report(toys, tmp_path):
 def test_unknown_analysis_and_setting_are_one_clear_error(toys, tmp_path):
     with pytest.raises(ValueError, match="unknown analyses"):
         run_study(StudySettings(analyses=("nope",)), out=tmp_path / "x", progress=False, say=lambda m: None)
-    bad = StudySettings(models=("tiny:llama",), analyses=("toy_a",), overrides={"toy_a": {"nope": 1}})
+    bad = StudySettings(models=("tiny-llama",), analyses=("toy_a",), overrides={"toy_a": {"nope": 1}})
     with pytest.raises(ValueError, match="has no setting"):
         run_study(bad, out=tmp_path / "y", progress=False, say=lambda m: None)
 
