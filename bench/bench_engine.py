@@ -40,7 +40,11 @@ CONDITIONS = ("back", "forward", "random", "unrelated")
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Median wall time over ``repeats`` calls after one warm-up, and the last result."""
+    """Median wall time over ``repeats`` calls after one warm-up (``repeats=0``: one call, no warm-up)."""
+    if repeats == 0:
+        t = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t, out
     out = fn()
     times = []
     for _ in range(repeats):
@@ -130,7 +134,10 @@ def _peer_patch_tl(lm, prompt: str, values: list[torch.Tensor]):
     folder = lm.source if os.path.isdir(lm.source) else None
     if folder is None:
         raise RuntimeError("TransformerLens needs the model's folder")
-    bridge = TransformerBridge.boot_transformers(folder, hf_model=lm.model, tokenizer=lm.tokenizer)
+    import copy
+
+    # the bridge rewires the HF modules it is given: hand it a copy so later workloads measure the same model
+    bridge = TransformerBridge.boot_transformers(folder, hf_model=copy.deepcopy(lm.model), tokenizer=lm.tokenizer)
     L = len(values)
     toks = torch.tensor([lm.to_ids(prompt)] * L)
 
