@@ -80,6 +80,12 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the embedding's execution device (a split or offloaded model's first block)."""
+        placement = getattr(self.model, "hf_device_map", None)
+        if placement:
+            first = next(iter(placement.values()))
+            return torch.device("cpu" if first in ("cpu", "disk") else (f"cuda:{first}" if isinstance(first, int)
+                                                                        else first))
         return next(self.model.parameters()).device
 
     @property
