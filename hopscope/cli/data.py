@@ -216,7 +216,7 @@ def filter_cmd(
     import pandas as pd
 
     from hopscope.cli.common import load
-    from hopscope.data import accuracy_table, knowledge_filter, shortcut_report, subset_counts
+    from hopscope.methods.hopping.knowledge import accuracy_table, knowledge_filter, shortcut_report, subset_counts
 
     if criterion not in ("generation", "first_token", "either", "both"):
         _fail(f"unknown criterion {criterion!r}")
