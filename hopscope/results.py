@@ -89,15 +89,23 @@ class Result:
 
     def _repr_html_(self) -> str:
         parts = [f"<h3>{html.escape(self.analysis)}</h3>"]
+        if self.model:
+            m = self.model
+            shape = f" ({m.get('family')}, {m.get('n_layers')} layers)" if m.get("family") else ""
+            parts.append(f"<p>model: {html.escape(str(m.get('name', '?')) + shape)}</p>")
         if self.headline:
             rows = "".join(f"<tr><td>{html.escape(h.label)}</td><td>{html.escape(h.text())}</td></tr>"
                            for h in self.headline)
             parts.append(f"<table>{rows}</table>")
         if len(self.claims):
-            cols = ["id", "measure", "value", "low", "high", "n", "control", "verdict"]
+            cols = ["id", "statement", "measure", "value", "low", "high", "n", "control", "verdict"]
             parts.append(self.claims[[c for c in cols if c in self.claims]].to_html(index=False, float_format="%.3g"))
         names = ", ".join(f"{html.escape(k)} ({len(v)} rows)" for k, v in self.tables.items())
         parts.append(f"<p>tables: {names}</p>")
+        if self.figures:
+            parts.append(f"<p>figures: {html.escape(', '.join(self.figures))}</p>")
+        parts.append("<p><code>.tables[name]</code> (pandas), <code>.figures[name]</code> (matplotlib), "
+                     "<code>.claims</code>, <code>.save(folder)</code> (a run folder with report.html)</p>")
         return "\n".join(parts)
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator, Optional
 
 import typer
@@ -37,7 +38,14 @@ def load(model: Optional[str], device: str = "cpu", dtype: str = "float32"):
     try:
         return hopscope.load_model(model, device=device, dtype=dtype)
     except (ModelLoadError, FileNotFoundError, ValueError) as err:
+        if debugging():
+            raise
         fail(str(err))
+
+
+def debugging() -> bool:
+    """``HOPSCOPE_DEBUG=1``: errors keep their traceback instead of becoming one line."""
+    return os.environ.get("HOPSCOPE_DEBUG", "").strip() not in ("", "0")
 
 
 def fail(message: str) -> None:
@@ -52,5 +60,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotImplementedError, TypeError) as err:
+        if debugging():
+            raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         fail(str(msg))

@@ -59,7 +59,10 @@ def _module_name(model, module) -> str:
 
 
 def info(model: Optional[str] = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt) -> None:
-    """Print a model's summary: family, shapes, source, the sites it has and the attention that runs."""
+    """Print a model's summary: family, shapes, source, the sites it has and the attention that runs.
+
+    Example: hopscope info --model smollm2-135m
+    """
     lm = load(model, device, dtype)
     for key, value in describe(lm).items():
         typer.echo(f"{key:>12}: {value}")
@@ -76,7 +79,10 @@ def lens(
     dtype: str = DtypeOpt,
     out: Optional[str] = OutOpt,
 ) -> None:
-    """Logit lens at every layer: the target's rank and probability and the top-k tokens."""
+    """Logit lens at every layer: the target's rank and probability and the top-k tokens.
+
+    Example: hopscope lens "The capital of France is" -t " Paris" -c resid_post -c mlp_out
+    """
     from hopscope.lenses import logit_lens
     from hopscope.report import RunFolder, line_curves
 
