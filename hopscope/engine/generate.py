@@ -19,7 +19,7 @@ from hopscope.engine.layout import Layout
 from hopscope.engine.sites import Site
 from hopscope.engine.passes import prompt_pass
 from hopscope.engine.runner import (MIN_SHARED_PREFIX, _check_nonempty, common_prefix, forward, rows_of,
-                                    shared_prefix_length, suffix_pass)
+                                    shared_prefix_length, sliding_window, suffix_pass)
 
 if TYPE_CHECKING:
     from hopscope.models.loaded import LoadedModel
@@ -97,6 +97,17 @@ def generate(
         plist = [prompts] * n_rows if shared else list(prompts)
         ids = [lm.to_ids(p) for p in plist]
         _check_nonempty(plist, ids)
+        wave: list[tuple[list[int], torch.Tensor, object, torch.Tensor, torch.Tensor]] = []
+
+        def flush() -> None:
+            if not wave:
+                return
+            group, first, cache, mask, pos = _merge(wave) if len(wave) > 1 else wave[0]
+            _decode(lm, first, cache, mask, pos, max_new_tokens, stop, group, tokens,
+                    None if step_edits is None else [step_edits[i] for i in group])
+            wave.clear()
+
+        mergeable = sliding_window(lm) is None  # sliding-window caches keep one length per layer: no merging
         for group in _groups(ids, batch_size) if fast else _chunks(n_rows, batch_size):
             g_ids, g_rows = [ids[i] for i in group], [rows[i] for i in group]
             p = shared_prefix_length(lm, g_ids, g_rows, extra=max_new_tokens) if fast else 0
@@ -111,10 +122,12 @@ def generate(
                 out, cache, _ = forward(lm, batch.input_ids, batch.attention_mask, batch.position_ids, g_rows,
                                         layout, use_cache=True, last_only=True)
                 first, mask, pos = out[:, -1].float(), batch.attention_mask, batch.position_ids[:, -1] + 1
-            _decode(lm, first, cache, mask, pos, max_new_tokens, stop, group, tokens,
-                    None if step_edits is None else [step_edits[i] for i in group])
             if first_logits:
                 logits.append((group, first.cpu()))
+            if not mergeable or sum(len(w[0]) for w in wave) + len(group) > batch_size:
+                flush()
+            wave.append((list(group), first, cache, mask, pos))
+        flush()
     out_logits = None
     if first_logits:
         if shared and fast:
@@ -166,6 +179,18 @@ def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, n
         tok = logits[:, -1].argmax(-1).to(mask.device)  # a model split over devices ends on another one
         for i, t in zip(live, tok.tolist()):
             out[row_ids[i]].append(int(t))
+
+
+def _merge(wave):
+    """One decode batch from several prompt passes: caches and masks left-padded to a common length."""
+    width = max(m.shape[1] for _, _, _, m, _ in wave)
+    caches = [c for _, _, c, _, _ in wave]
+    widths = [m.shape[1] for _, _, _, m, _ in wave]
+    masks = [torch.cat([torch.zeros(m.shape[0], width - m.shape[1], dtype=m.dtype, device=m.device), m], 1)
+             for _, _, _, m, _ in wave]
+    group = [i for g, _, _, _, _ in wave for i in g]
+    return (group, torch.cat([f for _, f, _, _, _ in wave]), kv.concat(caches, widths, width), torch.cat(masks),
+            torch.cat([p for _, _, _, _, p in wave]))
 
 
 def _chunks(n: int, size: int) -> list[list[int]]:

@@ -47,3 +47,23 @@ def select(cache: Any, rows: torch.Tensor) -> Any:
         layer.keys = layer.keys.index_select(0, rows.to(layer.keys.device))
         layer.values = layer.values.index_select(0, rows.to(layer.values.device))
     return cache
+
+
+def concat(caches: Sequence[Any], widths: Sequence[int], width: int) -> Any:
+    """One cache from several (rows stacked): cache ``i`` holds ``widths[i]`` columns and is left-padded with
+    zeros to ``width`` (the caller masks the padding). Every cache must have the same layer structure."""
+    new = copy.copy(caches[0])
+    new.layers = [copy.copy(l) for l in caches[0].layers]
+    for i, layer in enumerate(new.layers):
+        if not (getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel()):
+            continue
+        for name in ("keys", "values"):
+            parts = []
+            for c, w in zip(caches, widths):
+                t = getattr(c.layers[i], name)
+                if t.shape[-2] != w:
+                    raise ValueError(f"cache layer {i} holds {t.shape[-2]} columns, not {w}: cannot merge it")
+                pad = torch.zeros(*t.shape[:-2], width - w, t.shape[-1], dtype=t.dtype, device=t.device)
+                parts.append(torch.cat([pad, t], dim=-2))
+            setattr(layer, name, torch.cat(parts))
+    return new
