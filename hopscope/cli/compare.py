@@ -17,7 +17,10 @@ def compare_command(
     = None,
 ) -> None:
     """One report with the claims tables of several runs side by side (one column per model), plus
-    compare.parquet (one row per run and claim)."""
+    compare.parquet (one row per run and claim).
+
+    Example: hopscope compare runs/study-smollm2 runs/study-qwen --out runs/compare-both
+    """
     from hopscope.report.compare import compare_runs
 
     try:

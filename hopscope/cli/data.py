@@ -81,6 +81,8 @@ def build_world_facts_cmd(
 
     Prints how many queries each relation and composition got and how entities sharing a name
     (capitals of two countries, a city name in several countries) were resolved or dropped.
+
+    Example: hopscope data build world-facts --n 1000 --out wf.jsonl
     """
     from hopscope.data import COMPOSITIONS, RELATIONS, build_world_facts
     from hopscope.data.builders import format_report
@@ -111,7 +113,10 @@ def load_cmd(
     out: Path = typer.Option(..., "--out", help="File to write (.jsonl, .parquet or .csv)."),
     subset: str = typer.Option("ARC-Challenge", help="ARC subset (arc only)."),
 ) -> None:
-    """Convert a seed paper's file into a hopscope dataset file."""
+    """Convert a seed paper's file into a hopscope dataset file.
+
+    Example: hopscope data load hopping-too-late two_hop_rbe.csv --out htl.jsonl
+    """
     from hopscope.data import Dataset, RecordError
     from hopscope.data import loaders as L
 
@@ -158,7 +163,10 @@ def show_cmd(
     file: Path = typer.Argument(..., help="A dataset file (or a seed CSV)."),
     examples: int = typer.Option(1, help="Examples to print per relation."),
 ) -> None:
-    """Counts per relation and a few examples."""
+    """Counts per relation and a few examples.
+
+    Example: hopscope data show wf.jsonl
+    """
     ds = load_any(file)
     typer.echo(f"{ds!r}")
     typer.echo(ds.counts().to_string(index=False))
@@ -185,7 +193,10 @@ def hygiene_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the per-query table (.parquet/.csv)."),
     min_chars: int = typer.Option(3, help="A first token must cover this many characters of the answer."),
 ) -> None:
-    """Per answer relation: share of queries whose answer's first token is unambiguous."""
+    """Per answer relation: share of queries whose answer's first token is unambiguous.
+
+    Example: hopscope data hygiene wf.jsonl
+    """
     from hopscope.cli.common import load
     from hopscope.data.hygiene import answer_token_table, hygiene_summary
 
@@ -207,12 +218,15 @@ def filter_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Shuffle with this seed before taking --n."),
     criterion: str = typer.Option("generation", help="generation, first_token, either or both."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    max_new_tokens: int = typer.Option(8, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(10, "--max-new-tokens", help="Greedy tokens per prompt (the paper's budget: 10)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Table to write (default: runs/data-filter/<data>-<model>-n<n>.parquet)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (default: ~/.cache/hopscope/knowledge)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if a cached table exists."),
 ) -> None:
-    """Knowledge filter: does the model know each hop, the composition, and the shortcuts?"""
+    """Knowledge filter: does the model know each hop, the composition, and the shortcuts?
+
+    Example: hopscope data filter --data wf.jsonl --n 200
+    """
     import pandas as pd
 
     from hopscope.cli.common import load

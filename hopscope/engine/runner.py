@@ -45,7 +45,11 @@ class Activations(dict):
     def _key(self, key: Any) -> Any:
         if isinstance(key, str):
             comp, layer = parse_hook_name(key, self.n_layers)
-            return ("resid_pre", 0) if comp == "embed" and ("embed", 0) not in self.keys() else (comp, layer)
+            if comp == "embed" and ("embed", 0) not in self.keys():
+                return ("resid_pre", 0)
+            return comp, layer + self.n_layers if layer < 0 else layer
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], int) and key[1] < 0:
+            return key[0], key[1] + self.n_layers
         return key
 
     def __getitem__(self, key: Any) -> torch.Tensor:

@@ -98,6 +98,11 @@ class SweepSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+        missing = [k for k in ("models", "analyses") if not d.get(k)]
+        if missing:
+            flag = {"models": "--model", "analyses": "--analysis"}
+            raise ValueError(f"{where}: no {' and no '.join(missing)} given (use {' and '.join(flag[m] for m in missing)}, "
+                             "or a TOML file with --config)")
         return cls(**d)
 
     def jobs(self) -> list["Job"]:
