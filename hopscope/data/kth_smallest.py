@@ -3,9 +3,15 @@
 A list of ``n`` numbers is drawn with replacement from a pool of values; the prompt is the numbers joined
 by spaces and the target is the k-th smallest, predicted at the last prompt position as the token
 ``" <value>"``. The reasoning tree has two steps: step 1 selects the k smallest numbers (the *useful*
-statements; the others are *noise*), step 2 picks the k-th smallest of them (the *root*; the other
-useful numbers are *leaves*). Ties are broken by first occurrence: among equal values the earlier one
-has the smaller rank.
+statements; the others are *noise*), step 2 picks the k-th smallest of them (the *root*, at depth 0 of
+the tree; the other useful numbers are *leaves*, at depth 1).
+
+Ties follow the paper's code (``label_generator`` of Hou et al.'s MechanisticProbe): equal numbers share
+one size rank, and only the first occurrence of a value is a statement of the tree; later copies of it
+are noise. So the useful numbers are the first occurrences of the distinct values among the k smallest
+(counted with repetition), and the root is the first occurrence of the k-th smallest value (a leaf too
+when that value also fills a smaller rank; it is labelled root). :attr:`KthExample.ranks` keeps a
+strict order (ties by first occurrence) for per-rank attention maps.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 SPLITS = ("train", "val", "test")
 _SPLIT_SALT = {"train": 0, "val": 1, "test": 2}
@@ -89,18 +94,14 @@ class KthExample:
         return f" {self.answer}"
 
     @property
+    def depth(self) -> tuple[int, ...]:
+        """Depth of each number in the reasoning tree: 0 for the root, 1 for a leaf, -1 for noise."""
+        return tree_depths(self.numbers, self.k)
+
+    @property
     def useful(self) -> tuple[bool, ...]:
-        """True for the k smallest numbers (step-1 statements)."""
-        return tuple(r < self.k for r in self.ranks)
-
-    @property
-    def step(self) -> tuple[int, ...]:
-        """1 for a leaf (useful, not the root), 2 for the root (the k-th smallest), 0 for noise."""
-        return tuple(2 if r == self.k - 1 else 1 if r < self.k - 1 else 0 for r in self.ranks)
-
-    @property
-    def root_index(self) -> int:
-        return self.ranks.index(self.k - 1)
+        """True for the statements of the tree (the root and the leaves)."""
+        return tuple(d >= 0 for d in self.depth)
 
     @property
     def char_spans(self) -> list[tuple[int, int]]:
@@ -122,6 +123,22 @@ class KthExample:
 def format_prompt(numbers: Sequence[int]) -> str:
     """The prompt: numbers joined by single spaces (no trailing space)."""
     return " ".join(str(int(v)) for v in numbers)
+
+
+def tree_depths(numbers: Sequence[int], k: int) -> tuple[int, ...]:
+    """Per number: 0 for the root (first occurrence of the k-th smallest value), 1 for a leaf (first
+    occurrence of another value among the k smallest, counted with repetition), -1 for noise (every other
+    number, later copies of a value included), as the paper's code labels them."""
+    values = [int(v) for v in numbers]
+    if not 1 <= k <= len(values):
+        raise ValueError(f"k must lie in 1..{len(values)}, got {k}")
+    smallest = sorted(values)[:k]
+    root = smallest[-1]
+    first = {v: values.index(v) for v in set(smallest)}
+    depth = [-1] * len(values)
+    for v, pos in first.items():
+        depth[pos] = 0 if v == root else 1
+    return tuple(depth)
 
 
 def size_ranks(numbers: Sequence[int]) -> np.ndarray:
@@ -188,17 +205,3 @@ def sample_lists(config: KthSmallestConfig, split: str, count: int | None = None
 def make_split(config: KthSmallestConfig, split: str, count: int | None = None) -> list[KthExample]:
     """Examples of one split (see :func:`sample_lists`)."""
     return [KthExample(tuple(int(v) for v in row), config.k) for row in sample_lists(config, split, count)]
-
-
-def answers(lists: np.ndarray, k: int) -> np.ndarray:
-    """The k-th smallest of each row of an [N, n] array."""
-    return np.sort(lists, axis=1)[:, k - 1]
-
-
-def statements_frame(examples: Sequence[KthExample]) -> pd.DataFrame:
-    """Tidy table, one row per (list, number): value, position, rank, useful, step, answer."""
-    rows = []
-    for i, ex in enumerate(examples):
-        for pos, (v, r, u, s) in enumerate(zip(ex.numbers, ex.ranks, ex.useful, ex.step)):
-            rows.append(dict(list_id=i, position=pos, value=v, rank=r, useful=u, step=s, answer=ex.answer))
-    return pd.DataFrame(rows)

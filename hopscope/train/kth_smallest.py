@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
 from hopscope.data.kth_smallest import KthSmallestConfig, make_split, resolve_pool
+from hopscope.engine import weights_changed
 from hopscope.train.last_token import TrainConfig, encode_prompts, last_token_accuracy, target_ids, train_last_token
 
 TASK_FILE = "hopscope_task.json"
@@ -125,6 +127,26 @@ def train_kth_smallest(
     if out is not None:
         result.folder = save_trained(out, result)
     return result
+
+
+def weights_table(model) -> pd.DataFrame:
+    """The model's parameters as a table (one row per tensor: name, dtype, shape, raw bytes), so a trained
+    model can be stored as a pipeline part and rebuilt bit for bit by :func:`model_from_weights`."""
+    rows = []
+    for name, t in model.state_dict().items():
+        a = t.detach().cpu().contiguous().numpy()
+        rows.append({"name": name, "dtype": str(a.dtype), "shape": json.dumps(list(a.shape)), "data": a.tobytes()})
+    return pd.DataFrame(rows, columns=["name", "dtype", "shape", "data"])
+
+
+def model_from_weights(table: pd.DataFrame, tokenizer, arch: GPT2Arch):
+    """A GPT-2 of shape ``arch`` for ``tokenizer`` with the weights of a :func:`weights_table` table."""
+    model = new_gpt2(tokenizer, arch)
+    state = {r.name: torch.from_numpy(np.frombuffer(bytes(r.data), dtype=r.dtype).reshape(json.loads(r.shape)).copy())
+             for r in table.itertuples()}
+    model.load_state_dict(state)
+    weights_changed(model)
+    return model.eval()
 
 
 def save_trained(folder: str | Path, result: KthTrainResult) -> Path:

@@ -11,6 +11,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from hopscope.engine import weights_changed
+from hopscope.engine.scoring import first_token_id
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -66,13 +69,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> TokenBatch:
 
 def target_ids(tokenizer, targets: Sequence[str]) -> torch.Tensor:
     """First token id of each target string (e.g. ``" 42"``); error if a target tokenizes to nothing."""
-    out = []
-    for t in targets:
-        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError(f"target {t!r} tokenizes to nothing")
-        out.append(ids[0])
-    return torch.tensor(out, dtype=torch.long)
+    return torch.tensor([first_token_id(tokenizer, t, leading_space=False) for t in targets], dtype=torch.long)
 
 
 def last_logits(model, batch: TokenBatch) -> torch.Tensor:
@@ -155,4 +152,5 @@ def train_last_token(
             if progress is not None:
                 progress(row)
     model.eval()
+    weights_changed(model)  # the engine's prefix caches of the old weights must not be reused
     return pd.DataFrame(history)

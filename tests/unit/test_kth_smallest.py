@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from hopscope.data.kth_smallest import (
-    KthExample, KthSmallestConfig, check_pool, make_split, resolve_pool, sample_lists, size_ranks,
-    statements_frame,
+    KthExample, KthSmallestConfig, check_pool, make_split, resolve_pool, sample_lists, size_ranks, tree_depths,
 )
 
 
@@ -14,24 +13,26 @@ def test_tree_labels_without_ties():
     assert ex.prompt == "7 3 9 1 5"
     assert ex.answer == 3 and ex.target == " 3"
     assert ex.ranks == (3, 1, 4, 0, 2)
+    assert ex.depth == (-1, 0, -1, 1, -1)  # 3 is the root (depth 0), 1 the leaf (depth 1)
     assert ex.useful == (False, True, False, True, False)
-    assert ex.step == (0, 2, 0, 1, 0)  # 1 is the leaf, 3 the root
-    assert ex.root_index == 1
 
 
-def test_ties_are_labelled_by_first_occurrence():
+def test_ties_follow_the_papers_labels():
+    # the paper's label_generator: equal numbers share a rank; only a value's first occurrence is a statement
     ex = KthExample((4, 1, 1, 9, 1), k=2)
     assert ex.answer == 1
-    assert ex.ranks == (3, 0, 1, 4, 2)
-    assert ex.useful == (False, True, True, False, False)  # the third 1 is noise
-    assert ex.step == (0, 1, 2, 0, 0)  # first 1 is the leaf, second 1 the root
+    assert ex.depth == (-1, 0, -1, -1, -1)  # the first 1 is the root; the later copies are noise
+    assert ex.useful == (False, True, False, False, False)
+    assert tree_depths((1, 1, 0), 2) == (0, -1, 1)  # root 1 (first copy), leaf 0, the second 1 is noise
 
 
 def test_ties_at_the_boundary_with_k3():
     ex = KthExample((5, 2, 5, 5, 0), k=3)
     assert ex.answer == 5
     assert ex.useful == (True, True, False, False, True)
-    assert ex.step == (2, 1, 0, 0, 1)
+    assert ex.depth == (0, 1, -1, -1, 1)
+    with pytest.raises(ValueError, match="k must lie"):
+        tree_depths((1, 2), 3)
 
 
 def test_size_ranks_are_a_permutation():
@@ -51,13 +52,6 @@ def test_config_validation():
         KthSmallestConfig(n=4, k=5)
     with pytest.raises(ValueError, match="distinct"):
         KthSmallestConfig(pool=(1, 1, 2))
-
-
-def test_statements_frame_is_tidy():
-    df = statements_frame([KthExample((2, 1, 3), k=2), KthExample((1, 1, 0), k=2)])
-    assert len(df) == 6
-    assert df.groupby("list_id")["useful"].sum().tolist() == [2, 2]
-    assert df.groupby("list_id")["step"].apply(lambda s: sorted(s)).tolist() == [[0, 1, 2], [0, 1, 2]]
 
 
 def test_splits_are_seeded_distinct_and_drawn_from_the_pool():

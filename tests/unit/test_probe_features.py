@@ -1,84 +1,68 @@
-"""Probe features: statement token spans, pooling, normalisation, and shapes read through the engine."""
+"""Probe features: mean pooling of a statement's tokens, normalisation, and attention read through the engine."""
 
 import numpy as np
 import pytest
 
-from hopscope.data.kth_smallest import KthExample, KthSmallestConfig, make_split, resolve_pool
-from hopscope.methods.probe import ProbeSettings, extract, kth_items, statement_features, token_spans
-from hopscope.methods.probe.features import pool_statements
-from hopscope.train.number_tokenizer import number_tokenizer
+from hopscope.data.kth_smallest import KthSmallestConfig, make_split, resolve_pool
+from hopscope.methods.probe import Settings
+from hopscope.methods.probe.attention import query_attention
+from hopscope.methods.probe.features import pool_statements, statement_features
+from hopscope.methods.probe.questions import ProbeQuestion, kth_questions
 
 
-def test_token_spans_cover_multi_token_statements(tiny_gpt2):
-    tok = tiny_gpt2.tokenizer
-    prompt = "123456789 7 supercalifragilistic 8"
-    chars = [(0, 9), (10, 11), (12, 32), (33, 34)]
-    spans = token_spans(tok, prompt, chars)
-    ids = tok(prompt)["input_ids"]
-    assert spans[0][0] == 0 and spans[-1][1] == len(ids)
-    for (a, b), (c, d) in zip(spans, chars):
-        assert tok.decode(ids[a:b]).strip() == prompt[c:d]
-    assert spans[0][1] - spans[0][0] > 1 and spans[1] == (spans[0][1], spans[0][1] + 1)
+def test_mean_pooling_equals_the_hand_computed_mean():
+    attn = np.zeros((1, 2, 4))  # one layer, two heads, four tokens
+    attn[0, 0] = [0.1, 0.2, 0.3, 0.4]
+    attn[0, 1] = [0.4, 0.0, 0.2, 0.4]
+    spans = [(0, 1), (1, 4)]
+    f = statement_features(attn, spans, token_pool=Settings().token_pool)  # the paper's default: mean
+    # statement 2 = tokens 1..3: head 0 mean (0.2 + 0.3 + 0.4) / 3 = 0.3, head 1 (0 + 0.2 + 0.4) / 3 = 0.2
+    assert f.shape == (2, 1, 1)
+    assert f[:, 0, 0] == pytest.approx([(0.1 + 0.4) / 2, (0.3 + 0.2) / 2])
+    summed = statement_features(attn, spans, token_pool="sum")
+    assert summed[1, 0, 0] == pytest.approx((0.9 + 0.6) / 2)
+    assert np.allclose(pool_statements(attn, spans, "mean")[1], attn[:, :, 1:4].mean(-1))
 
 
-def test_token_spans_of_a_number_tokenizer_and_errors():
-    tok = number_tokenizer(range(50))
-    ex = KthExample((12, 5, 30), k=2)
-    assert token_spans(tok, ex.prompt, ex.char_spans) == [(0, 1), (1, 2), (2, 3)]
-    with pytest.raises(ValueError, match="covers no token"):
-        token_spans(tok, "1  2", [(0, 1), (1, 2)])
-
-
-def test_pooling_and_normalisation():
-    attn = np.random.default_rng(0).random((3, 2, 6))  # [L, H, tokens]
+def test_max_normalisation_and_per_head():
+    attn = np.random.default_rng(0).random((3, 2, 6))
     spans = [(0, 1), (1, 4), (4, 6)]
-    pooled = pool_statements(attn, spans, "sum")
-    assert pooled.shape == (3, 3, 2)
-    assert np.allclose(pooled[1], attn[:, :, 1:4].sum(-1))
-    assert np.allclose(pool_statements(attn, spans, "max")[1], attn[:, :, 1:4].max(-1))
-    f = statement_features([attn, attn * 2], [spans, spans], normalize="max")
-    assert f.values.shape == (6, 3, 1) and f.list_id.tolist() == [0, 0, 0, 1, 1, 1]
-    assert f.values[:3].max() == pytest.approx(1.0) and np.allclose(f.values[:3], f.values[3:])
-    raw = statement_features([attn], [spans], normalize="none")
-    assert np.allclose(raw.values[:, :, 0], pooled.mean(-1))
-    s = statement_features([attn], [spans], normalize="sum", per_head=True)
-    assert s.values.shape == (3, 3, 2) and np.allclose(s.values.sum(0), 1.0)
-    assert f.matrix(2).shape == (6, 2) and f.matrix().shape == (6, 3)
-    with pytest.raises(ValueError, match="n_layers must lie"):
-        f.matrix(4)
+    f = statement_features(attn, spans, normalize="max")
+    assert f.max() == pytest.approx(1.0)
+    raw = statement_features(attn, spans)
+    assert np.allclose(f, raw / raw.max(), atol=1e-6)
+    heads = statement_features(attn, spans, per_head=True)
+    assert heads.shape == (3, 3, 2) and np.allclose(heads.mean(-1), raw[..., 0], atol=1e-6)
     with pytest.raises(ValueError, match="outside the prompt"):
         pool_statements(attn, [(5, 8)])
-    with pytest.raises(ValueError, match="unknown normalize"):
-        statement_features([attn], [spans], normalize="l2")
+    with pytest.raises(ValueError, match="unknown token_pool"):
+        pool_statements(attn, spans, "max")
 
 
 @pytest.fixture(scope="module")
-def kth_lists(tiny_gpt2):
-    task = resolve_pool(KthSmallestConfig(n=6, pool_size=40, n_test=12), tiny_gpt2.tokenizer)
-    return make_split(task, "test")
+def kth(tiny_gpt2):
+    task = resolve_pool(KthSmallestConfig(n=6, pool_size=40), tiny_gpt2.tokenizer)
+    return kth_questions(make_split(task, "test", 8))
 
 
-def test_features_through_the_engine_have_the_right_shape(tiny_gpt2, kth_lists):
-    m = tiny_gpt2
-    items = kth_items(kth_lists)
-    mf = extract(m, items, ProbeSettings(normalize="none"))
-    n_rows = len(kth_lists) * 6
-    assert mf.features.values.shape == (n_rows, m.n_layers, 1)
-    assert all(a.shape == (m.n_layers, m.n_heads, 6) for a in mf.attention.attn)  # one token per number
-    for a in mf.attention.attn:  # the last token's attention is a distribution over the prompt
+def test_last_token_attention_through_the_engine(tiny_gpt2, kth):
+    qa = query_attention(tiny_gpt2, kth, pool="last")
+    assert len(qa.attn) == len(kth) and qa.logits.shape == (len(kth), tiny_gpt2.d_vocab)
+    for a, spans in zip(qa.attn, qa.spans):
+        assert a.shape == (tiny_gpt2.n_layers, tiny_gpt2.n_heads, 6)  # one token per number
         assert np.allclose(a.sum(-1), 1.0, atol=1e-5) and (a >= 0).all()
-    per_head = extract(m, items, ProbeSettings(per_head=True, normalize="none"))
-    assert per_head.features.values.shape == (n_rows, m.n_layers, m.n_heads)
-    assert np.allclose(per_head.features.values.mean(-1), mf.features.values[..., 0], atol=1e-6)
-    assert len(mf.attention.top1) == len(kth_lists)
+        assert spans == [(i, i + 1) for i in range(6)]
 
 
-def test_query_pooling_modes(tiny_gpt2, kth_lists):
-    items = kth_items(kth_lists[:4])
-    last = extract(tiny_gpt2, items, ProbeSettings(normalize="none")).attention.attn[0]
-    mean = extract(tiny_gpt2, items, ProbeSettings(query="mean", normalize="none")).attention.attn[0]
-    mx = extract(tiny_gpt2, items, ProbeSettings(query="max", normalize="none")).attention.attn[0]
+def test_query_pools_over_the_question_rows(tiny_llama):
+    prompt = "Anne is big. Bob is red. Anne is big.: True or False?"
+    q = ProbeQuestion("q", "g", prompt, ((0, 12), (13, 24)), (0, -1), (25, len(prompt)), " True", " False")
+    last = query_attention(tiny_llama, [q], pool="last").attn[0]
+    mx = query_attention(tiny_llama, [q], pool="max").attn[0]
+    mean = query_attention(tiny_llama, [q], pool="mean").attn[0]
     assert (mx >= mean - 1e-6).all() and (mx >= last - 1e-6).all()
-    assert np.allclose(mx[..., 0], 1.0)  # the first query attends only to the first token
-    with pytest.raises(ValueError, match="unknown query mode"):
-        extract(tiny_gpt2, items, ProbeSettings(query="first"))
+    assert not np.allclose(mean, last)
+    spans = query_attention(tiny_llama, [q]).spans[0]
+    assert spans[0][1] - spans[0][0] > 1  # multi-token statements
+    with pytest.raises(ValueError, match="unknown query pool"):
+        query_attention(tiny_llama, [q], pool="first")

@@ -79,3 +79,33 @@ def test_unknown_tokenizer_and_bad_shapes_are_named():
         train_kth_smallest(TASK, TrainConfig(steps=1), tokenizer="bpe")
     with pytest.raises(ValueError, match="not divisible"):
         new_gpt2(number_tokenizer(range(4)), GPT2Arch(n_heads=3, d_model=32))
+
+
+def test_training_leaves_no_stale_prefix_cache():
+    from hopscope.engine import run
+    from hopscope.models import LoadedModel
+    from hopscope.train.last_token import train_last_token
+
+    tok = number_tokenizer(range(10))
+    lm = LoadedModel(model=new_gpt2(tok, ARCH), tokenizer=tok, name="m", source="test")
+    prompts = ["1 2 3 4 5 6", "1 2 3 4 5 7"]  # a shared prefix: the engine caches its keys and values
+    before = run(lm, prompts, last_only=True).logits
+    cfg = TrainConfig(steps=5, batch_size=2, lr=1e-2, warmup=1, eval_every=5)
+    train_last_token(lm.model, encode_prompts(tok, prompts), target_ids(tok, ["1", "2"]), cfg)
+    after = run(lm, prompts, last_only=True).logits
+    fresh = run(lm, prompts, last_only=True, share_prefix=False).logits
+    assert not torch.allclose(after, before, atol=1e-3)
+    assert torch.allclose(after, fresh, atol=1e-5)
+
+
+def test_weights_table_rebuilds_the_model_exactly(trained):
+    from hopscope.train.kth_smallest import model_from_weights, weights_table
+
+    table = weights_table(trained.model)
+    assert set(table.columns) == {"name", "dtype", "shape", "data"}
+    twin = model_from_weights(table, trained.tokenizer, ARCH)
+    batch = encode_prompts(trained.tokenizer, ["3 1 4 1 5"])
+    with torch.no_grad():
+        a = trained.model(input_ids=batch.input_ids).logits
+        b = twin(input_ids=batch.input_ids).logits
+    assert torch.equal(a, b)

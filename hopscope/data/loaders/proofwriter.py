@@ -156,6 +156,39 @@ def parse_proofs(text: str, statements: dict[str, str] | None = None,
     return _Parser(text, statements or {}, rules or {}).alternatives()
 
 
+def statement_depths(tree: ProofNode | dict[str, Any]) -> dict[str, int]:
+    """Theory statement text -> its depth in the proof tree: the number of edges on the longest path from
+    the statement to the root (the last rule applied, or the fact itself for a proof of depth 0).
+
+    This is how Hou et al. (2023) label ProofWriter statements for MechanisticProbe (the PRover proof
+    graph, with each node's longest path to the root): in ``((triple1) -> rule1)`` the rule is at depth 0
+    and the fact at depth 1. Facts are labelled with their text, rules with their rule text; ``and``
+    groups pass their depth on, intermediates and NAF carry no theory statement.
+    """
+    node = tree.to_dict() if isinstance(tree, ProofNode) else tree
+    depths: dict[str, int] = {}
+
+    def note(text: str, depth: int) -> None:
+        text = text.strip()
+        if text:
+            depths[text] = max(depth, depths.get(text, depth))
+
+    def walk(n: dict[str, Any], depth: int) -> None:
+        kind = n.get("kind")
+        if kind == "rule":
+            note(n.get("rule_text", ""), depth)
+            for child in n.get("children", []):
+                walk(child, depth + 1)
+        elif kind == "fact":
+            note(n.get("text", ""), depth)
+        elif kind == "and":
+            for child in n.get("children", []):
+                walk(child, depth)
+
+    walk(node, 0)
+    return depths
+
+
 def _texts(d: Any, field_name: str) -> dict[str, str]:
     if d is None:
         return {}

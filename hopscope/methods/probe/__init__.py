@@ -1,32 +1,45 @@
 """MechanisticProbe (Hou et al., EMNLP 2023): probe attention for the reasoning tree a model follows.
 
-Features are the attention a statement receives from the query (the last token), per layer; two kNN probes
-recover which statements are useful and at which step of the tree they are used; scores are normalised
-against the same architecture with random weights. Causal checks: head entropy, head masking, corruption.
+Statement features are the attention a statement receives from the query, per layer; two kNN probes
+recover which statements are used (P1) and at which depth of the reasoning tree (P2); their macro-F1 is
+normalised against random initialisations of the same architecture (the score S). Tasks: the k-th smallest
+element with a small GPT-2 trained in the run, and ProofWriter questions read by the model given. Causal
+checks: head entropy, head masking, corruption. See ``docs/probe.md``.
+
+    result = hopscope.methods.probe.run(lm, settings=Settings.quick())
 """
 
-from hopscope.methods.probe.attention import AttentionRows, query_attention
-from hopscope.methods.probe.classifier import ProbeFit, knn_probe, probing_score
-from hopscope.methods.probe.core import (
-    ModelFeatures, ProbeOutcome, ProbeSettings, extract, fit_probes, labels, probe_model, random_init_like,
-)
-from hopscope.methods.probe.corruption import bin_by_probe_score, corruption_table
-from hopscope.methods.probe.entropy import attention_profile, head_entropy, statement_attention
-from hopscope.methods.probe.features import StatementFeatures, statement_features
-from hopscope.methods.probe.items import ProbeItems, kth_items
-from hopscope.methods.probe.masking import accuracy, heads_by, masking_curve, predictions
-from hopscope.methods.probe.spans import token_spans
-from hopscope.methods.probe.proofwriter import proof_steps, proofwriter_items, sentence_spans
-from hopscope.methods.probe.study import (
-    StudyConfig, quick_train, run_probe_study, run_text_probe_study, write_probe_study,
-)
+from __future__ import annotations
 
-__all__ = [
-    "AttentionRows", "ModelFeatures", "ProbeFit", "ProbeItems", "ProbeOutcome", "ProbeSettings",
-    "StatementFeatures", "StudyConfig", "accuracy", "attention_profile", "bin_by_probe_score",
-    "corruption_table", "extract", "fit_probes", "head_entropy", "heads_by", "knn_probe", "kth_items", "labels",
-    "masking_curve", "predictions", "probe_model", "probing_score", "proof_steps", "proofwriter_items",
-    "query_attention", "quick_train", "run_text_probe_study", "sentence_spans",
-    "random_init_like", "run_probe_study", "statement_attention", "statement_features", "token_spans",
-    "write_probe_study",
-]
+from typing import Any
+
+from hopscope.methods.probe.analysis import ANALYSIS, task_config
+from hopscope.methods.probe.models import arch_of
+from hopscope.methods.probe.settings import Settings
+from hopscope.models import LoadedModel
+from hopscope.pipeline import execute
+from hopscope.results import Result
+from hopscope.train.kth_smallest import new_gpt2, scratch_tokenizer
+
+
+def run(lm=None, data: Any = None, settings: Settings | None = None, *, run_folder: Any = None,
+        progress: bool = True) -> Result:
+    """Run the probe. ``lm``: the model ProofWriter questions are read by, or (k-th smallest with
+    ``train=False``) the model probed; with ``train=True`` the model is trained in the run and ``lm`` may be
+    None. ``data``: ProofWriter records or a jsonl path (``task="proofwriter"``)."""
+    settings = settings if settings is not None else Settings()
+    if lm is None:
+        if not (settings.kth and settings.train):
+            raise ValueError("the probe needs a model unless it trains its own (task='kth_smallest', train=True)")
+        lm = untrained(settings)
+    return execute(ANALYSIS, lm, data, settings, run_folder=run_folder, progress=progress)
+
+
+def untrained(settings: Settings):
+    """The architecture the run trains, with its initial weights (what a run folder records as the model)."""
+    tok = scratch_tokenizer("numbers", task_config(settings))
+    return LoadedModel(model=new_gpt2(tok, arch_of(settings), seed=settings.seed), tokenizer=tok,
+                       name="kth-smallest-gpt2", source="trained in this run")
+
+
+__all__ = ["ANALYSIS", "Result", "Settings", "run"]

@@ -1,7 +1,6 @@
-"""Attention from the query position(s) to every prompt token, read through the engine.
+"""Attention from the query rows of each prompt to every prompt token, read through the engine.
 
-This is the only place the probe touches the model's attention; everything downstream works on the
-numpy arrays returned here.
+This is the only place the probe reads the model's attention; everything downstream works on numpy arrays.
 """
 
 from __future__ import annotations
@@ -12,48 +11,54 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hopscope.data.spans import model_token_span
 from hopscope.engine import Site, cache, run
+from hopscope.methods.probe.questions import ProbeQuestion
 
-QUERY_MODES = ("last", "mean", "max")
+Span = tuple[int, int]
 
 
 @dataclass
-class AttentionRows:
-    """Per prompt: attention ``[n_layers, n_heads, length]`` from the query to each prompt token, and
-    the top-1 next-token id at the last position."""
+class QueryAttention:
+    """Per prompt: pooled query attention ``[n_layers, n_heads, length]``, the statements' token spans and
+    the last position's logits ``[vocab]``."""
 
     attn: list[np.ndarray]
-    top1: np.ndarray
+    spans: list[list[Span]]
+    logits: torch.Tensor
 
 
-def query_attention(
-    m,
-    prompts: Sequence[str],
-    *,
-    query: str = "last",
-    query_spans: Sequence[tuple[int, int]] | None = None,
-    batch_size: int = 64,
-) -> AttentionRows:
-    """Attention of every layer and head from the query position(s) of each prompt.
+def token_spans(lm, q: ProbeQuestion) -> tuple[list[Span], Span]:
+    """Token spans (engine coordinates) of the statements and of the query rows of ``q``."""
+    spans = [model_token_span(lm, q.prompt, s) for s in q.statements]
+    return spans, model_token_span(lm, q.prompt, q.query)
 
-    ``query="last"`` reads the last prompt token's row; ``"mean"``/``"max"`` pool the rows of the query
-    positions ``query_spans[i]`` (token coordinates; default: every position of the prompt).
-    """
-    if query not in QUERY_MODES:
-        raise ValueError(f"unknown query mode {query!r}; choose one of {QUERY_MODES}")
-    if query_spans is not None and len(query_spans) != len(prompts):
-        raise ValueError(f"{len(query_spans)} query spans for {len(prompts)} prompts")
+
+def query_attention(lm, questions: Sequence[ProbeQuestion], *, pool: str = "last",
+                    batch_size: int | None = None) -> QueryAttention:
+    """Attention of every layer and head from the query rows: the last token (``pool="last"``) or the max
+    / mean over the query span's rows (``"max"``, ``"mean"``). ``batch_size``: prompts per forward (default
+    32 for the last row, 8 when whole query spans are cached)."""
+    if pool not in ("last", "max", "mean"):
+        raise ValueError(f"unknown query pool {pool!r}; choose last, max or mean")
+    batch_size = batch_size or (32 if pool == "last" else 8)
     attn: list[np.ndarray] = []
-    top1: list[np.ndarray] = []
-    for lo in range(0, len(prompts), batch_size):
-        chunk = list(prompts[lo:lo + batch_size])
-        positions = [-1 if query == "last" else (tuple(query_spans[lo + i]) if query_spans is not None else None)
-                     for i in range(len(chunk))]
-        sites = [[Site(layer, "attn_pattern", pos) for layer in range(m.n_layers)] for pos in positions]
-        res = run(m, chunk, [[cache(s) for s in row] for row in sites], last_only=True)
-        top1.append(res.logits.argmax(-1).cpu().numpy())
-        for row, row_sites in zip(res.cache, sites):
-            p = torch.stack([row[s] for s in row_sites]).float()  # [L, H, q, length]
-            pooled = p[:, :, -1] if query == "last" else p.mean(2) if query == "mean" else p.max(2).values
+    spans: list[list[Span]] = []
+    logits = []
+    for lo in range(0, len(questions), batch_size):
+        chunk = list(questions[lo:lo + batch_size])
+        rows, sites = [], []
+        for q in chunk:
+            st, qs = token_spans(lm, q)
+            spans.append(st)
+            where = -1 if pool == "last" else qs
+            row_sites = [Site(layer, "attn_pattern", where) for layer in range(lm.n_layers)]
+            sites.append(row_sites)
+            rows.append([cache(s) for s in row_sites])
+        res = run(lm, [q.prompt for q in chunk], rows, last_only=True)
+        logits.append(res.logits.float().cpu())
+        for cached, row_sites in zip(res.cache, sites):
+            p = torch.stack([cached[s] for s in row_sites]).float()  # [L, H, q, length]
+            pooled = p[:, :, -1] if pool == "last" else p.max(2).values if pool == "max" else p.mean(2)
             attn.append(pooled.cpu().numpy())
-    return AttentionRows(attn, np.concatenate(top1) if top1 else np.zeros(0, dtype=np.int64))
+    return QueryAttention(attn, spans, torch.cat(logits) if logits else torch.zeros(0))

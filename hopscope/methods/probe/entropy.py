@@ -1,27 +1,26 @@
-"""Per-head attention summaries: statement attention, head entropy by position and by size rank."""
+"""Per-head attention summaries of the k-th smallest model: head entropy by position and by size rank
+(the paper's ``head_calculation``: the entropy of each head's mean attention over the lists, / log n)."""
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from hopscope.methods.probe.features import pool_statements
 
-
-def statement_attention(attn: Sequence[np.ndarray], spans: Sequence[Sequence[tuple[int, int]]],
-                        token_pool: str = "sum") -> np.ndarray:
-    """``[N, L, H, S]`` raw query attention to each statement (prompts must have equally many statements)."""
-    counts = {len(s) for s in spans}
-    if len(counts) != 1:
-        raise ValueError(f"prompts have different numbers of statements ({sorted(counts)}); "
-                         "per-head maps need a fixed count")
-    return np.stack([pool_statements(a, s, token_pool).transpose(1, 2, 0) for a, s in zip(attn, spans)])
+def head_array(table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """``[N, L, H, S]`` attention of each head to each statement from a ``head_attention`` table, and the
+    question ids in order."""
+    qids = list(dict.fromkeys(table["qid"]))
+    dims = [len(qids)] + [int(table[c].max()) + 1 for c in ("layer", "head", "statement")]
+    out = np.zeros(dims)
+    pos = {q: i for i, q in enumerate(qids)}
+    out[table["qid"].map(pos).to_numpy(), table["layer"].to_numpy(), table["head"].to_numpy(),
+        table["statement"].to_numpy()] = table["attention"].to_numpy()
+    return out, qids
 
 
 def by_rank(stmt_attn: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """Reorder the statement axis of ``[N, L, H, S]`` by size rank (index 0 = smallest number)."""
+    """Reorder the statement axis of ``[N, L, H, S]`` by size rank (index 0 = the smallest number)."""
     order = np.argsort(np.asarray(ranks), axis=1, kind="stable")  # [N, S]: position holding rank r
     return np.take_along_axis(stmt_attn, order[:, None, None, :], axis=-1)
 
@@ -33,34 +32,23 @@ def normalized_entropy(p: np.ndarray) -> np.ndarray:
     return h / np.log(p.shape[-1])
 
 
-def head_entropy(stmt_attn: np.ndarray, ranks: np.ndarray | None = None) -> pd.DataFrame:
-    """One row per (layer, head): normalised entropy of the head's mean query attention over statement
-    positions (``entropy_position``) and over size ranks (``entropy_rank``, when ``ranks`` are given).
-
-    Low entropy by position marks a head that looks at fixed places; low entropy by rank, a head that
-    picks numbers by size."""
-    pos = normalized_entropy(stmt_attn.mean(0))  # [L, H]
-    rank = normalized_entropy(by_rank(stmt_attn, ranks).mean(0)) if ranks is not None else None
-    rows = []
-    for layer in range(pos.shape[0]):
-        for head in range(pos.shape[1]):
-            row = dict(layer=layer, head=head, entropy_position=float(pos[layer, head]))
-            if rank is not None:
-                row["entropy_rank"] = float(rank[layer, head])
-            rows.append(row)
+def head_entropy(stmt_attn: np.ndarray, ranks: np.ndarray) -> pd.DataFrame:
+    """One row per (layer, head): normalised entropy of the head's mean attention over list positions
+    (``entropy_position``) and over size ranks (``entropy_rank``). Low entropy by position marks a head
+    that looks at fixed places; low entropy by rank, a head that picks numbers by size."""
+    pos = normalized_entropy(stmt_attn.mean(0))
+    rank = normalized_entropy(by_rank(stmt_attn, ranks).mean(0))
+    rows = [dict(layer=l, head=h, entropy_position=float(pos[l, h]), entropy_rank=float(rank[l, h]))
+            for l in range(pos.shape[0]) for h in range(pos.shape[1])]
     return pd.DataFrame(rows)
 
 
-def attention_profile(stmt_attn: np.ndarray, ranks: np.ndarray | None = None) -> pd.DataFrame:
-    """Tidy mean attention (over prompts and heads) per layer to each statement position and, with
-    ``ranks``, to each size rank: columns ``layer, axis ('position'|'rank'), index, attention``."""
+def attention_profile(stmt_attn: np.ndarray, ranks: np.ndarray) -> pd.DataFrame:
+    """Mean attention (over lists and heads) per layer to each list position and to each size rank:
+    columns ``layer, axis ('position'|'rank'), index, attention``."""
     rows = []
-    views = {"position": stmt_attn}
-    if ranks is not None:
-        views["rank"] = by_rank(stmt_attn, ranks)
-    for axis, a in views.items():
-        mean = a.mean((0, 2))  # [L, S]
-        for layer in range(mean.shape[0]):
-            for i in range(mean.shape[1]):
-                rows.append(dict(layer=layer, axis=axis, index=i, attention=float(mean[layer, i])))
+    for axis, a in (("position", stmt_attn), ("rank", by_rank(stmt_attn, ranks))):
+        mean = a.mean((0, 2))
+        rows += [dict(layer=l, axis=axis, index=i, attention=float(mean[l, i]))
+                 for l in range(mean.shape[0]) for i in range(mean.shape[1])]
     return pd.DataFrame(rows)

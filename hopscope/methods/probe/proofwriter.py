@@ -1,13 +1,27 @@
-"""Probe items from ProofWriter questions: theory sentences are the statements, proof statements are useful."""
+"""ProofWriter questions for the probe, as Hou et al. (2023) build them.
+
+Statements are the theory's sentences; a sentence is in the reasoning tree when the question's proof uses
+it, at its depth in the proof tree (:func:`hopscope.data.loaders.proofwriter.statement_depths`: 0 for the
+last rule applied, 1 for its premises, ...). The paper's subset: questions with one proof (no ``OR``), no
+negation as failure, proof depth <= 1. Prompts are k-shot: ``shots`` solved questions of *other* theories,
+then ``"{theory} {question}: True or False?"``; the model's answer compares " True" with " False".
+The corruption (the paper's ``corrput_func``): one sentence the proof does not use is replaced by
+``"That {sentence} is false."``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import random
 import re
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
-from hopscope.methods.probe.items import ProbeItems
+from hopscope.data.loaders.proofwriter import load_proofwriter, statement_depths
+from hopscope.methods.probe.questions import ProbeQuestion
 
 _SENTENCE = re.compile(r"[^.!?]+[.!?]")
+ANSWERS = (" True", " False")
 
 
 def sentence_spans(text: str, start: int = 0) -> list[tuple[int, int]]:
@@ -22,61 +36,119 @@ def sentence_spans(text: str, start: int = 0) -> list[tuple[int, int]]:
     return spans
 
 
-def proof_steps(tree: dict[str, Any]) -> dict[str, int]:
-    """Statement text -> step at which the proof uses it: a rule applied at height h (counting rule
-    applications from the bottom) is step h, the facts it consumes are used at the same step; a
-    proof that is a single fact uses it at step 1. A statement used twice keeps its earliest step."""
-    steps: dict[str, int] = {}
-
-    def note(text: str, step: int) -> None:
-        text = text.strip()
-        if text:
-            steps[text] = min(step, steps.get(text, step))
-
-    def height(node: dict[str, Any]) -> int:
-        below = max((height(c) for c in node.get("children", [])), default=0)
-        return below + (1 if node["kind"] == "rule" else 0)
-
-    def walk(node: dict[str, Any], parent_step: int) -> None:
-        if node["kind"] == "rule":
-            step = height(node)
-            note(node.get("rule_text", ""), step)
-            for child in node.get("children", []):
-                walk(child, step)
-        elif node["kind"] == "fact":
-            note(node.get("text", ""), parent_step)
-        else:  # "and" groups, intermediates and NAF carry no theory sentence of their own
-            for child in node.get("children", []):
-                walk(child, parent_step)
-
-    walk(tree, 1)
-    return steps
+def question_text(theory: str, question: str) -> str:
+    """The paper's query: ``"{theory} {question}: True or False?"``."""
+    return f"{theory} {question}: True or False?"
 
 
-def proofwriter_items(records: Iterable[Any], *, require_proof: bool = True) -> ProbeItems:
-    """Probe items from :class:`hopscope.data.records.ProofQuery` records (their first proof).
+def example_text(theory: str, question: str, answer: str) -> str:
+    """One in-context example: the query followed by its answer (with a space, so the scored tokens
+    " True"/" False" are the ones the examples show) and a newline."""
+    return f"{question_text(theory, question)} {answer}\n"
 
-    Statements are the theory's sentences; a sentence is useful when the proof uses it (fact or rule
-    text) and its step is :func:`proof_steps`'s. The question's characters are the query span. Records
-    without a proof (or whose proof names no theory sentence) are skipped when ``require_proof``.
+
+def negated(sentence: str) -> str:
+    """The paper's corruption of a statement: ``"That {sentence} is false."``."""
+    core = sentence.strip()
+    core = core[:-1] if core.endswith(".") else core
+    return f"That {core} is false."
+
+
+def usable(record: Any, max_depth: int | None = None) -> bool:
+    """The paper's probing subset: one parsed proof without OR or NAF, depth <= ``max_depth``, using at
+    least one theory sentence, and a True/False answer."""
+    if len(record.proofs) != 1 or str(record.answer) not in ("True", "False"):
+        return False
+    if "OR" in str(record.meta.get("proof_string", "")) or "NAF" in str(record.meta.get("proof_string", "")):
+        return False
+    if _has_naf(record.proofs[0]):
+        return False
+    if max_depth is not None and record.depth > max_depth:
+        return False
+    texts = {record.theory[a:b] for a, b in sentence_spans(record.theory)}
+    return any(t in texts for t in statement_depths(record.proofs[0]))
+
+
+def _has_naf(node: dict[str, Any]) -> bool:
+    return node.get("kind") == "naf" or any(_has_naf(c) for c in node.get("children", []))
+
+
+def theory_group(theory: str) -> str:
+    """The fold group of a question: its theory (questions of one theory share their statements)."""
+    return "theory:" + hashlib.sha1(theory.encode("utf-8")).hexdigest()[:12]
+
+
+def proofwriter_questions(records: Sequence[Any], *, shots: int = 4, max_depth: int | None = 1,
+                          limit: int | None = None, seed: int = 0, shared_examples: bool = False,
+                          examples: Sequence[Any] | None = None) -> list[ProbeQuestion]:
+    """Probe questions from :class:`hopscope.data.records.ProofQuery` records.
+
+    The usable records (see :func:`usable`) are ordered by a seeded shuffle and cut to ``limit``. Each
+    question's ``shots`` examples are drawn (seeded by the question) from ``examples`` (default: every
+    record with a True/False answer) of other theories, as the paper draws them per question.
+    ``shared_examples``: one seeded set of examples (from distinct theories, which are then not probed)
+    for every question, so the prompts share a prefix the engine runs once (several times faster on a CPU).
+    Raises a ValueError when no record is usable.
     """
-    prompts, statements, useful, step, targets, queries = [], [], [], [], [], []
-    for r in records:
-        start = r.prompt.find(r.theory)
-        if start < 0:
-            raise ValueError(f"record {r.qid}: the prompt does not contain the theory text")
-        spans = sentence_spans(r.theory, start)
-        steps = proof_steps(r.proofs[0]) if r.proofs else {}
-        labels = [steps.get(r.prompt[a:b].strip(), 0) for a, b in spans]
-        if require_proof and not any(labels):
-            continue
-        q = r.prompt.rfind(r.question)
-        if q < 0:
-            raise ValueError(f"record {r.qid}: the prompt does not contain the question text")
-        prompts.append(r.prompt)
-        statements.append(spans)
-        useful.append([s > 0 for s in labels])
-        step.append(labels)
-        targets.append(f" {r.answer}")
-        queries.append((q, q + len(r.question)))
-    return ProbeItems(prompts, statements, useful, step, targets=targets, query_chars=queries)
+    records = list(records)
+    pool = [r for r in (examples if examples is not None else records) if str(r.answer) in ("True", "False")]
+    pool.sort(key=lambda r: r.qid)
+    chosen = sorted((r for r in records if usable(r, max_depth)), key=lambda r: r.qid)
+    shared = None
+    if shared_examples and shots:
+        shared = _distinct_theories(pool, shots, random.Random(f"{seed}:shared"))
+        held = {theory_group(e.theory) for e in shared}
+        chosen = [r for r in chosen if theory_group(r.theory) not in held]
+    random.Random(seed).shuffle(chosen)
+    if limit is not None:
+        chosen = chosen[:limit]
+    if not chosen:
+        raise ValueError(f"no ProofWriter question is usable (one proof without OR or NAF, depth <= {max_depth}, "
+                         f"a True/False answer) among {len(records)} records")
+    return [_question(r, pool, shots, seed, shared) for r in chosen]
+
+
+def _distinct_theories(pool: Sequence[Any], shots: int, rng: random.Random) -> list[Any]:
+    order = list(pool)
+    rng.shuffle(order)
+    out, seen = [], set()
+    for e in order:
+        if theory_group(e.theory) not in seen:
+            out.append(e)
+            seen.add(theory_group(e.theory))
+        if len(out) == shots:
+            return out
+    raise ValueError(f"{shots} shared examples need {shots} theories; the data has {len(seen)}")
+
+
+def _question(r: Any, pool: Sequence[Any], shots: int, seed: int, shared: list[Any] | None) -> ProbeQuestion:
+    group = theory_group(r.theory)
+    rng = random.Random(f"{seed}:{r.qid}")
+    others = [e for e in pool if theory_group(e.theory) != group]
+    if shots and shared is None and len(others) < shots:
+        raise ValueError(f"{shots}-shot prompts need {shots} examples from other theories; "
+                         f"the data has {len(others)} for {r.qid}")
+    demos = shared if shared is not None else (rng.sample(others, shots) if shots else [])
+    prefix = "".join(example_text(e.theory, e.question, e.answer) for e in demos)
+    prompt = prefix + question_text(r.theory, r.question)
+    spans = sentence_spans(r.theory, len(prefix))
+    tree = statement_depths(r.proofs[0])
+    depth = tuple(tree.get(prompt[a:b], -1) for a, b in spans)
+    q = len(prefix) + len(r.theory) + 1
+    noise = [j for j, d in enumerate(depth) if d < 0]
+    corrupted, which = "", -1
+    if noise:
+        which = rng.choice(noise)
+        a, b = spans[which]
+        corrupted = prompt[:a] + negated(prompt[a:b]) + prompt[b:]
+    good, bad = (ANSWERS if r.answer == "True" else ANSWERS[::-1])
+    return ProbeQuestion(qid=r.qid, group=group, prompt=prompt, statements=tuple(spans), depth=depth,
+                         query=(q, len(prompt)), answer=good, alternative=bad, corrupted=corrupted,
+                         corrupted_statement=which)
+
+
+def load_questions(source: Any) -> list[Any]:
+    """ProofQuery records from a ProofWriter jsonl path, a Dataset or an iterable of records."""
+    if isinstance(source, (str, Path)):
+        return list(load_proofwriter(source))
+    return list(source) if isinstance(source, Iterable) else [source]
