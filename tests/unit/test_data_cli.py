@@ -66,7 +66,7 @@ def test_filter_prints_subsets_and_writes_table(app, tmp_path, tiny_gpt2, monkey
     res = runner.invoke(app, ["data", "filter", "--data", str(data), "--n", "3", "--max-new-tokens", "2",
                               "--out", str(table), "--cache-dir", str(tmp_path / "cache")])
     assert res.exit_code == 0, res.output
-    assert "subset counts" in res.output and "wrong_no_shortcut" in res.output
+    assert "subset counts" in res.output and "hops_unknown" in res.output and "shortcut" in res.output
     frame = pd.read_parquet(table)
     assert len(frame) == 3 and set(frame["composition"]) == {"capital_country_currency", "city_country_capital"}
 

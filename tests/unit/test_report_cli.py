@@ -87,7 +87,7 @@ def test_runs_show_prints_config_headline_and_tables(tmp_path):
 
 def test_runs_show_rejects_a_non_run_folder(tmp_path):
     result = runner.invoke(make_app(), ["runs", "show", str(tmp_path)])
-    assert result.exit_code == 1 and "not a run folder" in result.output
+    assert result.exit_code == 2 and "not a run folder" in result.output
 
 
 def test_runs_report_rerenders(tmp_path):
