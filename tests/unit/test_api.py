@@ -263,7 +263,9 @@ def test_hook_names_work_in_every_intervention(tiny_llama):
     rows = [a for a, _ in pairs] + [b for _, b in pairs] + [[]]
     logits = hopscope.prompt_pass(lm, PROMPT, rows).logits
     n = len(pairs)
-    assert torch.equal(logits[:n], logits[n:2 * n])
+    # the same interventions, by name and by Site; rows that join the staircase at different blocks run in
+    # different sub-batches, so equal up to float32 reduction order
+    assert (logits[:n] - logits[n:2 * n]).abs().max().item() <= 1e-6
     clean = logits[-1]
     assert all(not torch.equal(row, clean) for row in logits[:n])  # each intervention changed something
     cached = hopscope.run(lm, PROMPT, [[hopscope.cache("blocks.2.hook_mlp_out")]], last_only=True)

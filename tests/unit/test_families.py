@@ -12,7 +12,7 @@ from hopscope.models import SUPPORTED_FAMILIES, TINY_FAMILIES
 from hopscope.models.tiny import SLIDING_WINDOW
 
 LONG = "Hello world, my name is Ada and I live in"  # longer than every sliding window
-PATTERN_TOL = 1e-6
+PATTERN_TOL = 1e-5  # attention probabilities: the engine's exactness bound (float32 reduction order)
 
 SLIDING = ("mistral", "qwen3", "gemma2", "gemma3_text", "phi3")
 QK_NORM = ("qwen3", "gemma3_text", "olmo2")
