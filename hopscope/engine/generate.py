@@ -68,7 +68,7 @@ def generate(
     see :func:`prompt_pass`), or one prompt per row (prompts sharing a token prefix run it once).
     ``edits``: per row, interventions that act like a change of the model itself: at every position of the
     prompt and of every generated token (e.g. a mitigation; their ``position`` is ignored). Rows with edits
-    run their whole prompt (no shared prefix). ``fast=False`` is the reference: every row's whole prompt
+    run their whole prompt (no shared prefix); the other rows keep the fast path. ``fast=False`` is the reference: every row's whole prompt
     runs through every block, left-padded.
     """
     if max_new_tokens < 1:
@@ -76,6 +76,19 @@ def generate(
     shared = isinstance(prompts, str)
     n_rows = (len(interventions) if interventions is not None else 1) if shared else len(prompts)
     rows = rows_of(interventions, n_rows)
+    if edits is not None and fast:
+        edited = [i for i, e in enumerate(rows_of(edits, n_rows)) if len(e)]
+        if 0 < len(edited) < n_rows:  # the rows without edits keep the shared prefix and the staircase
+            plain = [i for i in range(n_rows) if i not in set(edited)]
+            per_row = rows_of(edits, n_rows)
+            parts = []
+            for idx, part_edits in ((plain, None), (edited, [per_row[i] for i in edited])):
+                sub_stop = None if stop is None else (lambda r, toks, idx=idx: stop(idx[r], toks))
+                parts.append((idx, generate(lm, prompts if shared else [prompts[i] for i in idx],
+                                            [rows[i] for i in idx], max_new_tokens=max_new_tokens, start=start,
+                                            stop=sub_stop, first_logits=first_logits, batch_size=batch_size,
+                                            edits=part_edits)))
+            return _merged(n_rows, parts)
     step_edits = None
     if edits is not None and any(len(e) for e in rows_of(edits, n_rows)):
         step_edits = [[_everywhere(iv, -1) for iv in e] for e in rows_of(edits, n_rows)]
@@ -137,6 +150,20 @@ def generate(
             for group, lg in logits:
                 out_logits[torch.tensor(group)] = lg
     return Generation(tokens, out_logits)
+
+
+def _merged(n_rows: int, parts: list[tuple[list[int], Generation]]) -> Generation:
+    """One Generation from generations of disjoint row subsets (``idx``: their rows in the whole)."""
+    tokens: list[list[int]] = [[] for _ in range(n_rows)]
+    logits = None
+    for idx, g in parts:
+        for j, i in enumerate(idx):
+            tokens[i] = g.tokens[j]
+        if g.first_logits is not None:
+            if logits is None:
+                logits = torch.empty(n_rows, g.first_logits.shape[-1])
+            logits[torch.tensor(idx)] = g.first_logits
+    return Generation(tokens, logits)
 
 
 def _everywhere(iv: Intervention, position) -> Intervention:

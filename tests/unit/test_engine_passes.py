@@ -241,5 +241,18 @@ def test_edits_act_at_every_position_of_prompt_and_generation(tiny_model):
     # not vacuous: the edit changes what the model says at some step (checked on the logits of step 1)
     first = run(lm, [PROMPT], [edit], last_only=True, share_prefix=False).logits
     assert (first - run(lm, [PROMPT], last_only=True, share_prefix=False).logits).abs().max().item() > 1e-4
+    # one shared prompt, rows with and without edits in one call: each row equals its own call, and ``stop``
+    # sees each row by its number in the whole call
+    seen: set[int] = set()
+
+    def stop(row, toks):
+        seen.add(row)
+        return row == 2 and len(toks) >= 2
+    mixed = generate(lm, PROMPT, [[], [], []], edits=[[], edit, []], max_new_tokens=4, stop=stop, first_logits=True)
+    alone = generate(lm, PROMPT, [[]], max_new_tokens=4, first_logits=True)
+    assert mixed.tokens[0] == alone.tokens[0] and mixed.tokens[1] == got.tokens[0]
+    assert mixed.tokens[2] == alone.tokens[0][:2] and seen == {0, 1, 2}
+    assert (mixed.first_logits[0] - alone.first_logits[0]).abs().max().item() <= 1e-5
+    assert (mixed.first_logits[1] - first.reshape(-1, first.shape[-1])[-1]).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="not an edit"):
         generate(lm, PROMPT, [[]], edits=[[knockout(0, keys=[0])]])

@@ -23,18 +23,6 @@ ROW_COLUMNS = ("qid", "policy", "candidate", "s", "t", "layer", "tau", "correct"
 EDIT_POLICIES = ("mitigation", "mitigation_random")  # edits of the model: every prompt and generated position
 
 
-def _generate(lm: "LoadedModel", prompt: str, rows: list[list[Intervention]], answers: list[str], start: int,
-              rule: MatchRule, batch_size: int, as_edits: bool) -> tuple[list[list[int]], torch.Tensor]:
-    """Greedy continuations and first-position logits of ``rows`` (as edits of the model when ``as_edits``)."""
-    common = dict(max_new_tokens=rule.max_new_tokens, stop=rule.stopper(lm, [answers] * len(rows)),
-                  first_logits=True, batch_size=batch_size)
-    if as_edits:
-        g = generate(lm, prompt, [[] for _ in rows], edits=rows, **common)
-    else:
-        g = generate(lm, prompt, rows, start=start, **common)
-    return [list(x) for x in g.tokens], g.first_logits
-
-
 def decode_rows(lm: "LoadedModel", q: Any, specs: Sequence["Spec"], rows: Sequence[Sequence[Intervention]],
                 start: int, rule: MatchRule, *, batch_size: int = 256) -> pd.DataFrame:
     """One row per spec: ``correct`` (the rule on the greedy continuation of ``q.prompt`` under that row's
@@ -43,23 +31,17 @@ def decode_rows(lm: "LoadedModel", q: Any, specs: Sequence["Spec"], rows: Sequen
     ``start`` runs once; a row stops decoding once the alias appeared); a mitigation's rows (``EDIT_POLICIES``)
     are edits of the model, applied at every prompt position and at every generated token."""
     answers = Q.answers(q)
-    parts = {flag: [i for i, sp in enumerate(specs) if (sp.policy in EDIT_POLICIES) == flag] for flag in (False, True)}
-    tokens: list[list[int]] = [[] for _ in specs]
-    first = [None] * len(specs)
-    for flag, idx in parts.items():
-        if not idx:
-            continue
-        toks, logits = _generate(lm, q.prompt, [list(rows[i]) for i in idx], answers, start, rule, batch_size, flag)
-        for j, i in enumerate(idx):
-            tokens[i], first[i] = toks[j], logits[j]
-    first_logits = torch.stack(first)
+    is_edit = [spec.policy in EDIT_POLICIES for spec in specs]
+    g = generate(lm, q.prompt, [[] if e else list(r) for r, e in zip(rows, is_edit)],
+                 edits=[list(r) if e else [] for r, e in zip(rows, is_edit)], max_new_tokens=rule.max_new_tokens,
+                 start=start, stop=rule.stopper(lm, [answers] * len(rows)), first_logits=True, batch_size=batch_size)
     try:
         aid = first_token_id(lm.tokenizer, q.e3)
-        logprob = score_tokens(first_logits, [aid] * len(rows))["logprob"].tolist()
+        logprob = score_tokens(g.first_logits, [aid] * len(rows))["logprob"].tolist()
     except ValueError:
         logprob = [float("nan")] * len(rows)
     out = []
-    for spec, toks, lp in zip(specs, tokens, logprob):
+    for spec, toks, lp in zip(specs, g.tokens, logprob):
         text = lm.tokenizer.decode(toks, skip_special_tokens=True)
         out.append({"qid": str(q.qid), **spec.row(), "correct": rule.matches(text, answers), "logprob": float(lp),
                     "first_token": lm.tokenizer.decode(list(toks[:1])), "text": text, "n_tokens": len(toks)})
