@@ -90,3 +90,13 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} not present")
     return path
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker runs torch on one thread (the workers share the machine's cores)."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

@@ -18,8 +18,9 @@ from hopscope.engine.interventions import Intervention
 from hopscope.engine.layout import Layout
 from hopscope.engine.sites import Site
 from hopscope.engine.passes import prompt_pass
-from hopscope.engine.runner import (MIN_SHARED_PREFIX, _check_nonempty, common_prefix, forward, rows_of,
-                                    shared_prefix_length, sliding_window, suffix_pass)
+from hopscope.engine.prefix import STORE
+from hopscope.engine.runner import (MIN_SHARED_PREFIX, _check_nonempty, common_prefix, forward, multi_prefix_pass,
+                                    rows_of, shared_prefix_length, sliding_window, suffix_pass)
 
 if TYPE_CHECKING:
     from hopscope.models.loaded import LoadedModel
@@ -121,9 +122,23 @@ def generate(
             wave.clear()
 
         mergeable = sliding_window(lm) is None  # sliding-window caches keep one length per layer: no merging
+        plain: list[tuple[list[int], int]] = []  # groups without interventions: they run together at the end
+
+        def run_plain(part: list[tuple[list[int], int]]) -> None:
+            group = [i for g, _ in part for i in g]
+            first, cache, mask, pos = multi_prefix_pass(lm, [([ids[i] for i in g], p) for g, p in part])
+            if first_logits:
+                logits.append((group, first.cpu()))
+            if sum(len(w[0]) for w in wave) + len(group) > batch_size:
+                flush()
+            wave.append((group, first, cache, mask, pos))
+
         for group in _groups(ids, batch_size) if fast else _chunks(n_rows, batch_size):
             g_ids, g_rows = [ids[i] for i in group], [rows[i] for i in group]
             p = shared_prefix_length(lm, g_ids, g_rows, extra=max_new_tokens) if fast else 0
+            if p >= MIN_SHARED_PREFIX and mergeable and not any(g_rows):
+                plain.append((list(group), p))
+                continue
             if p >= MIN_SHARED_PREFIX:
                 masks: list = []
                 first, cache, _ = suffix_pass(lm, g_ids, g_rows, p, keep_cache=True, mask_out=masks)
@@ -140,6 +155,11 @@ def generate(
             if not mergeable or sum(len(w[0]) for w in wave) + len(group) > batch_size:
                 flush()
             wave.append((list(group), first, cache, mask, pos))
+        flush()
+        if plain:  # every prefix first, batched, each shared stem once
+            STORE.get_many(lm, [ids[g[0]][:p] for g, p in plain])
+        for part in _waves(plain, ids, batch_size):
+            run_plain(part)
         flush()
     out_logits = None
     if first_logits:
@@ -218,6 +238,31 @@ def _merge(wave):
     group = [i for g, _, _, _, _ in wave for i in g]
     return (group, torch.cat([f for _, f, _, _, _ in wave]), kv.concat(caches, widths, width), torch.cat(masks),
             torch.cat([p for _, _, _, _, p in wave]))
+
+
+def _waves(groups: list[tuple[list[int], int]], ids: Sequence[Sequence[int]], size: int,
+           waste: float = 0.25, small: int = 512) -> list[list[tuple[list[int], int]]]:
+    """Prefix groups ``(rows, p)`` packed into passes of at most ``size`` rows, by the length of their own
+    tokens, so that padding adds at most ``waste`` of the real tokens to a pass of over ``small`` tokens
+    (smaller passes are slow per token anyway: they are never split for padding)."""
+    def width(g: tuple[list[int], int]) -> int:
+        return max(len(ids[i]) - g[1] for i in g[0])
+
+    waves: list[list[tuple[list[int], int]]] = []
+    cur: list[tuple[list[int], int]] = []
+    rows = real = 0
+    for g in sorted(groups, key=width):
+        n, w = len(g[0]), width(g)
+        own = sum(len(ids[i]) - g[1] for i in g[0])
+        padded = (rows + n) * w
+        if cur and (rows + n > size or (padded > small and padded > (1 + waste) * (real + own))):
+            waves.append(cur)
+            cur, rows, real = [], 0, 0
+        cur.append(g)
+        rows, real = rows + n, real + own
+    if cur:
+        waves.append(cur)
+    return waves
 
 
 def _chunks(n: int, size: int) -> list[list[int]]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from hopscope.models.loaded import LoadedModel
 
 
 def _layers(cache: Any) -> list:
@@ -27,6 +30,29 @@ def fork(cache: Any, sizes: Sequence[int]) -> Any:
             n = sizes[i] if i < len(sizes) else sizes[-1]
             layer.keys = layer.keys.expand(n, *layer.keys.shape[1:])
             layer.values = layer.values.expand(n, *layer.values.shape[1:])
+    return new
+
+
+def truncate(cache: Any, length: int) -> Any:
+    """A new cache holding the first ``length`` columns of ``cache`` (views; ``cache`` is not changed)."""
+    new = copy.copy(cache)
+    new.layers = [copy.copy(l) for l in cache.layers]
+    for layer in new.layers:
+        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
+    return new
+
+
+def row(cache: Any, index: int, columns: torch.Tensor) -> Any:
+    """A new batch-1 cache holding row ``index`` of ``cache`` at key ``columns`` only (contiguous copies)."""
+    new = copy.copy(cache)
+    new.layers = [copy.copy(l) for l in cache.layers]
+    for layer in new.layers:
+        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+            cols = columns.to(layer.keys.device)
+            layer.keys = layer.keys[index:index + 1].index_select(-2, cols).contiguous()
+            layer.values = layer.values[index:index + 1].index_select(-2, cols).contiguous()
     return new
 
 
@@ -67,3 +93,16 @@ def concat(caches: Sequence[Any], widths: Sequence[int], width: int) -> Any:
                 parts.append(torch.cat([pad, t], dim=-2))
             setattr(layer, name, torch.cat(parts))
     return new
+
+
+def sliding_window(lm: "LoadedModel") -> int | None:
+    """The smallest attention window of the model's sliding-window layers (None: every layer is global)."""
+    cfg = lm.model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    window = getattr(cfg, "sliding_window", None)
+    if not window or getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and not any("sliding" in str(t) for t in types):
+        return None
+    return int(window)

@@ -5,6 +5,10 @@ not ``id()``, which Python reuses), its device and dtype, and its weights versio
 parameter's in-place version counter (so an optimizer step or ``load_state_dict`` invalidates it) plus an
 explicit counter bumped by :func:`weights_changed`. Entries are evicted least-recently-used beyond
 ``max_bytes``. Callers get the stored cache and must :func:`hopscope.engine.kv.fork` it, never mutate it.
+
+A new prefix that shares its first tokens with a stored one runs only the tokens after the longest such
+common part: the stored cache cut to that length (keys and values at a position depend only on the tokens up
+to it) is extended. Few-shot prompts of one dataset then run their shared examples once in all.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from hopscope.engine import kv
 from hopscope.engine.compat import call_model, output_cache
 from hopscope.engine.kv import nbytes
 
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
     from hopscope.models.loaded import LoadedModel
 
 _UIDS = itertools.count(1)
+MIN_REUSE = 4  # tokens: a shorter common part with a stored prefix is recomputed
 
 
 def model_uid(model: torch.nn.Module) -> int:
@@ -54,6 +60,8 @@ class PrefixStore:
         self._entries: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.extended = 0  # misses computed by extending a stored prefix
+        self.reuse = True  # extend stored prefixes (False: every miss runs its whole prefix)
 
     @property
     def bytes(self) -> int:
@@ -62,23 +70,98 @@ class PrefixStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, lm: "LoadedModel", ids: Sequence[int]):
-        """The KV cache of the prefix ``ids`` (computed once; do not mutate it)."""
+    def _head(self, lm: "LoadedModel") -> tuple:
         model = lm.model
-        key = (model_uid(model), weights_version(model), str(lm.device), str(lm.dtype), tuple(int(i) for i in ids))
+        return model_uid(model), weights_version(model), str(lm.device), str(lm.dtype)
+
+    def _lookup(self, key: tuple):
         if key in self._entries:
             self._entries.move_to_end(key)
             self.hits += 1
             return self._entries[key][0]
-        self.misses += 1
-        t = torch.tensor([list(ids)], device=lm.device)
-        out = call_model(model, input_ids=t, attention_mask=torch.ones_like(t), use_cache=True, logits_to_keep=1)
-        cache = output_cache(out)
-        size = nbytes(cache)
-        self._entries[key] = (cache, size)
+        return None
+
+    def _store(self, key: tuple, cache: Any) -> None:
+        self._entries[key] = (cache, nbytes(cache))
         while len(self._entries) > 1 and self.bytes > self.max_bytes:
             self._entries.popitem(last=False)
+
+    def _base(self, lm: "LoadedModel", head: tuple, ids: tuple[int, ...]) -> tuple[Any, int]:
+        if not self.reuse or kv.sliding_window(lm) is not None:
+            return None, 0
+        return self._longest_common(head, ids)
+
+    def get(self, lm: "LoadedModel", ids: Sequence[int]):
+        """The KV cache of the prefix ``ids`` (computed once; do not mutate it)."""
+        head = self._head(lm)
+        key = head + (tuple(int(i) for i in ids),)
+        found = self._lookup(key)
+        if found is not None:
+            return found
+        self.misses += 1
+        base, c = self._base(lm, head, key[-1])
+        self.extended += base is not None
+        cache = _extend(lm, [(base, c, key[-1])])[0]
+        self._store(key, cache)
         return cache
+
+    def get_many(self, lm: "LoadedModel", prefixes: Sequence[Sequence[int]], *, max_tokens: int = 4096) -> list:
+        """The caches of several prefixes; the missing ones run in batched passes of about ``max_tokens``
+        tokens, after the longer stems they share (so each shared stem runs once)."""
+        head = self._head(lm)
+        want = [tuple(int(i) for i in p) for p in prefixes]
+        missing = [p for p in dict.fromkeys(want) if head + (p,) not in self._entries]
+        rounds = [missing]
+        if self.reuse and kv.sliding_window(lm) is None and len(missing) > 1:
+            ordered = sorted(missing)
+            stems = set()
+            for a, b in zip(ordered, ordered[1:]):
+                c = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                if c >= MIN_REUSE:
+                    stems.add(a[:c])
+            stems = [x for x in stems if head + (x,) not in self._entries]
+            rounds = [sorted(stems), [p for p in missing if p not in set(stems)]]
+        if kv.sliding_window(lm) is not None:
+            max_tokens = 0  # padding would count against the window: one prefix per pass
+        for seqs in rounds:
+            chunk: list[tuple[int, ...]] = []
+            for seq in seqs + [None]:
+                if seq is not None and (not chunk or (len(chunk) + 1) * max(map(len, chunk + [seq])) <= max_tokens):
+                    chunk.append(seq)
+                    continue
+                if chunk:
+                    items = []
+                    for x in chunk:
+                        base, c = self._base(lm, head, x)
+                        self.misses += 1
+                        self.extended += base is not None
+                        items.append((base, c, x))
+                    for x, cache in zip(chunk, _extend(lm, items)):
+                        self._store(head + (x,), cache)
+                chunk = [seq] if seq is not None else []
+        out = []
+        for p in want:
+            found = self._lookup(head + (p,))
+            out.append(found if found is not None else self.get(lm, p))  # evicted meanwhile: recompute
+        return out
+
+    def _longest_common(self, head: tuple, ids: tuple[int, ...]) -> tuple[Any, int]:
+        """The stored cache of this model sharing the most leading tokens with ``ids`` (at least
+        ``MIN_REUSE``, and leaving one token of ``ids`` to run), and that count."""
+        best, best_c = None, MIN_REUSE - 1
+        for k, (cache, _) in self._entries.items():
+            if k[:-1] != head:
+                continue
+            other = k[-1]
+            c = 0
+            for x, y in zip(other, ids):
+                if x != y:
+                    break
+                c += 1
+            c = min(c, len(ids) - 1)
+            if c > best_c:
+                best, best_c = cache, c
+        return (best, best_c) if best is not None else (None, 0)
 
     def drop_model(self, uid: int) -> None:
         for key in [k for k in self._entries if k[0] == uid]:
@@ -86,6 +169,48 @@ class PrefixStore:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+def _extend(lm: "LoadedModel", items: Sequence[tuple[Any, int, Sequence[int]]]) -> list:
+    """Caches of the sequences ``ids`` of ``items = [(base cache or None, c, ids)]``, in one forward: a row
+    with a base reuses its first ``c`` columns and runs ``ids[c:]``; bases are left-padded to the longest and
+    the rows' own tokens after them (the mask hides the padding). Each row's cache keeps its real columns."""
+    dev = lm.device
+    with_base = [i for i, (b, _, _) in enumerate(items) if b is not None]
+    without = [i for i, (b, _, _) in enumerate(items) if b is None]
+    out: list = [None] * len(items)
+    for rows in (with_base, without):
+        if not rows:
+            continue
+        own = [items[i][1] if items[i][0] is not None else 0 for i in rows]
+        seqs = [items[i][2] for i in rows]
+        big_c, width = max(own), max(len(x) - c for x, c in zip(seqs, own))
+        r = len(rows)
+        input_ids = torch.full((r, width), lm.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((r, big_c + width), dtype=torch.long)
+        positions = torch.zeros((r, width), dtype=torch.long)
+        for j, (x, c) in enumerate(zip(seqs, own)):
+            tail = list(x[c:])
+            input_ids[j, width - len(tail):] = torch.tensor(tail, dtype=torch.long)
+            mask[j, big_c - c:big_c] = 1
+            mask[j, big_c + width - len(tail):] = 1
+            positions[j, width - len(tail):] = torch.arange(c, len(x))
+        past = None
+        if big_c:
+            bases = [kv.truncate(items[i][0], c) for i, c in zip(rows, own)]
+            past = kv.concat(bases, own, big_c) if r > 1 else bases[0]
+        padded = bool((mask == 0).any())
+        res = call_model(lm.model, past=past, input_ids=input_ids.to(dev),
+                         attention_mask=mask.to(dev) if padded or past is not None else None,
+                         position_ids=positions.to(dev), use_cache=True, logits_to_keep=1)
+        cache = output_cache(res)
+        if r == 1 and not padded:  # the whole cache is the row's (and a sliding-window cache may hold fewer columns)
+            out[rows[0]] = cache
+            continue
+        for j, i in enumerate(rows):
+            cols = mask[j].nonzero()[:, 0]
+            out[i] = kv.row(cache, j, cols)
+    return out
 
 
 STORE = PrefixStore()

@@ -9,6 +9,7 @@ import torch
 
 from hopscope.engine import kv
 from hopscope.engine.compat import call_model, output_cache
+from hopscope.engine.kv import sliding_window
 from hopscope.engine.hooks import HookSession, Staircase
 from hopscope.engine.interventions import Intervention
 from hopscope.engine.layout import Layout
@@ -192,19 +193,6 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def sliding_window(lm: "LoadedModel") -> int | None:
-    """The smallest attention window of the model's sliding-window layers (None: every layer is global)."""
-    cfg = lm.model.config
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    window = getattr(cfg, "sliding_window", None)
-    if not window or getattr(cfg, "use_sliding_window", True) is False:
-        return None
-    types = getattr(cfg, "layer_types", None)
-    if types is not None and not any("sliding" in str(t) for t in types):
-        return None
-    return int(window)
-
-
 def shared_prefix_length(lm: "LoadedModel", ids: Sequence[Sequence[int]], rows: Sequence[Sequence[Intervention]],
                          extra: int = 0) -> int:
     """Tokens every prompt shares that no intervention needs recomputed (each row keeps >= 1 own token).
@@ -261,3 +249,37 @@ def _check_nonempty(prompts: Sequence[str], ids: Sequence[Sequence[int]]) -> Non
     for p, row in zip(prompts, ids):
         if not row:
             raise ValueError(f"prompt {p!r} tokenizes to nothing")
+
+
+def multi_prefix_pass(lm: "LoadedModel", parts: Sequence[tuple[Sequence[Sequence[int]], int]]):
+    """Prompts without interventions from several cached prefixes, in one forward.
+
+    ``parts``: ``(prompts' token ids, p)`` where those prompts share their first ``p`` tokens. Each part's
+    prefix comes from the prefix store; the rows of all parts then run their own tokens together: prefixes
+    left-padded to the longest one inside the cache, suffixes left-padded after it (the mask hides both
+    paddings; positions are each row's own). Returns ``(last logits [rows, vocab], cache, mask,
+    next positions)`` with rows in the order of ``parts``, ready to decode on.
+    """
+    ids = [x for group, _ in parts for x in group]
+    own = [p for group, p in parts for _ in group]
+    big_p = max(own)
+    width = max(len(x) - p for x, p in zip(ids, own))
+    r = len(ids)
+    input_ids = torch.full((r, width), lm.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((r, big_p + width), dtype=torch.long)
+    positions = torch.zeros((r, width), dtype=torch.long)
+    for i, (x, p) in enumerate(zip(ids, own)):
+        s = list(x[p:])
+        input_ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, big_p - p:big_p] = 1
+        mask[i, big_p + width - len(s):] = 1
+        positions[i, width - len(s):] = torch.arange(p, len(x))
+    caches = [kv.fork(STORE.get(lm, group[0][:p]), [len(group)]) for group, p in parts]
+    past = kv.concat(caches, [p for _, p in parts], big_p) if len(caches) > 1 else caches[0]
+    dev = lm.device
+    mask = mask.to(dev)
+    out = call_model(lm.model, past=past, input_ids=input_ids.to(dev), attention_mask=mask,
+                     position_ids=positions.to(dev), use_cache=True, logits_to_keep=1)
+    logits = out.logits if out.logits.device == dev else out.logits.to(dev)
+    next_pos = torch.tensor([len(x) for x in ids], dtype=torch.long, device=dev)
+    return logits[:, -1].float(), output_cache(out), mask, next_pos

@@ -3,6 +3,8 @@
 - The staircase (rows join the batch at the block of their first intervention) equals the full-depth pass.
 - A prompt pass from any start equals running the whole prompt per row.
 - Prompts sharing a token prefix, run once from the cached prefix, equal each prompt run alone.
+- A prefix computed by extending a stored prefix's cache equals the prefix computed whole.
+- Prompts from different cached prefixes, run in one pass, equal each prompt run alone.
 - Early-stopped generation gives exactly the prefix of the unstopped generation of each row.
 - A weight change through hopscope's own code never lets a stale prefix cache be used.
 - The open ``transform`` op and the ``mlp_hidden`` site act exactly where they say.
@@ -103,6 +105,29 @@ def test_shared_prefix_across_prompts_equals_each_prompt_alone(tiny_model):
     assert (got - shared).abs().max().item() > 1e-4
 
 
+def test_prompts_from_different_prefixes_run_together_as_each_alone(tiny_model, monkeypatch):
+    import sys
+
+    from hopscope.engine.kv import sliding_window
+
+    gen_module = sys.modules["hopscope.engine.generate"]
+    lm = tiny_model
+    other = "Facts about towers and gates, one per line.\nQ: "
+    prompts = [FEW_SHOT + q for q in QUESTIONS[:3]] + [other + q for q in QUESTIONS[1:]] + [PROMPT]
+    calls = []
+    real = gen_module.multi_prefix_pass
+    monkeypatch.setattr(gen_module, "multi_prefix_pass", lambda lm_, parts: calls.append(len(parts)) or real(lm_, parts))
+    gen = generate(lm, prompts, max_new_tokens=4, first_logits=True)
+    if sliding_window(lm) is None:  # several prefix groups in one pass (PROMPT shares no prefix: it runs alone)
+        assert len(calls) == 1 and calls[0] >= 2
+    else:
+        assert calls == []
+    alone = torch.cat([run(lm, [p], last_only=True, share_prefix=False).logits for p in prompts])
+    assert (gen.first_logits - alone).abs().max().item() <= TOL
+    for i, p in enumerate(prompts):
+        assert gen.tokens[i] == generate(lm, [p], max_new_tokens=4, fast=False).tokens[0], p
+
+
 def test_early_stopped_generation_is_a_prefix_of_the_unstopped(tiny_model):
     lm = tiny_model
     rows = _patch_rows(lm, seed=2)
@@ -147,6 +172,45 @@ def test_prefix_store_is_keyed_by_model_not_by_id():
     lb = prompt_pass(b, PROMPT, [[]]).logits
     assert (lb - _full(b, PROMPT, [[]])).abs().max().item() <= TOL
     assert (la - lb).abs().max().item() > 1e-3
+
+
+def test_prefix_extended_from_a_stored_one_equals_the_whole_prefix(tiny_model):
+    from hopscope.engine.kv import sliding_window
+    from hopscope.engine.prefix import PrefixStore
+
+    lm = tiny_model
+    a, b = lm.to_ids(FEW_SHOT + QUESTIONS[0]), lm.to_ids(FEW_SHOT + QUESTIONS[1])
+    shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert shared >= 8 and len(b) > shared + 2
+    store, whole = PrefixStore(), PrefixStore()
+    whole.reuse = False
+    store.get(lm, a)
+    got, ref = store.get(lm, b), whole.get(lm, b)
+    assert store.extended == (1 if sliding_window(lm) is None else 0) and whole.extended == 0
+    for lg, lr in zip(got.layers, ref.layers):
+        assert lg.keys.shape == lr.keys.shape
+        assert (lg.keys - lr.keys).abs().max().item() <= TOL and (lg.values - lr.values).abs().max().item() <= TOL
+    # the stored cache it extended from is unchanged
+    again = PrefixStore()
+    again.reuse = False
+    for la, lr in zip(store.get(lm, a).layers, again.get(lm, a).layers):
+        assert la.keys.shape == lr.keys.shape and (la.keys - lr.keys).abs().max().item() <= TOL
+
+
+def test_prefixes_computed_together_equal_each_computed_whole(tiny_model):
+    from hopscope.engine.prefix import PrefixStore
+
+    lm = tiny_model
+    prefixes = [lm.to_ids(FEW_SHOT + q)[:-1] for q in QUESTIONS] + [lm.to_ids(PROMPT), lm.to_ids("Q: Where")]
+    store, whole = PrefixStore(), PrefixStore()
+    whole.reuse = False
+    got = store.get_many(lm, prefixes)
+    for ids, cache in zip(prefixes, got):
+        ref = whole.get(lm, ids)
+        for lg, lr in zip(cache.layers, ref.layers):
+            assert lg.keys.shape == lr.keys.shape, ids
+            assert (lg.keys - lr.keys).abs().max().item() <= TOL and (lg.values - lr.values).abs().max().item() <= TOL
+    assert store.misses > len(prefixes) or store.extended == 0  # a shared stem ran first where caches can be cut
 
 
 def test_prefix_store_is_bounded():
