@@ -125,7 +125,7 @@ class PrefixStore:
             max_tokens = 0  # padding would count against the window: one prefix per pass
         for seqs in rounds:
             chunk: list[tuple[int, ...]] = []
-            for seq in seqs + [None]:
+            for seq in sorted(seqs, key=len) + [None]:  # by length: little padding in each pass
                 if seq is not None and (not chunk or (len(chunk) + 1) * max(map(len, chunk + [seq])) <= max_tokens):
                     chunk.append(seq)
                     continue

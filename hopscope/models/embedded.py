@@ -14,8 +14,10 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -104,20 +106,40 @@ def gguf_path(name: str) -> Path:
 
 
 def embedded_folder(name: str) -> Path:
-    """HF folder (safetensors) of an embedded model, converting it from GGUF on first use."""
+    """HF folder (safetensors) of an embedded model, converting it from GGUF on first use (one process
+    converts while others wait for it, e.g. parallel test workers on a fresh machine)."""
     folder = cache_root() / "models" / name
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
-    from hopscope.models.loading import _from_gguf
-
-    import torch
-
-    model, tok = _from_gguf(gguf_path(name), torch.float32)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    shutil.move(str(tmp), folder)
+    with exclusive(folder.parent / f".{name}.lock"):
+        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+            return folder  # another process converted it meanwhile
+        from hopscope.models.loading import _from_gguf
+
+        import torch
+
+        model, tok = _from_gguf(gguf_path(name), torch.float32)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
     return folder
+
+
+@contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """An inter-process lock on ``lock`` (POSIX ``flock``; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

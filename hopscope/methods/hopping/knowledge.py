@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -183,7 +184,9 @@ def knowledge_filter(lm: "LoadedModel", data: Dataset | Sequence[Any], *, rule: 
     table = knowledge_table(lm, list(ds), rule, criterion=criterion, batch_size=batch_size, progress=progress)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_parquet(path, index=False)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)  # readers in other processes never see a half-written table
     return table
 
 
