@@ -68,6 +68,19 @@ def matmul_gflops(lm, rows: int = 256) -> float:
     return flops / times / 1e9
 
 
+def few_row_matmuls(lm, rows=(1, 8, 31, 256)) -> str:
+    """Time of one matmul by the MLP's up-projection weight at a few row counts (cold weights: 60 copies)."""
+    d = lm.d_model
+    d_mlp = lm.adapter.mlp_down[0].weight.shape[1 if type(lm.adapter.mlp_down[0]).__name__ != "Conv1D" else 0]
+    weights = [torch.randn(d_mlp, d) for _ in range(60)]
+    out = []
+    for m in rows:
+        x = torch.randn(m, d)
+        t, _ = timed(lambda: [torch.nn.functional.linear(x, w) for w in weights], 3)
+        out.append(f"{m} rows {t / len(weights) * 1e6:.0f} us")
+    return f"{d_mlp}x{d} weight: " + ", ".join(out)
+
+
 def token_flops(lm, context: int) -> float:
     """FLOPs of one token through the model (its linear layers, the unembedding, attention over ``context``)."""
     linear = sum(m.weight.numel() for m in lm.model.modules() if isinstance(m, torch.nn.Linear) or
@@ -293,7 +306,9 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
                            (q.relation_shortcut_prompt, Q.answers(q))):
             ref_verdicts.append(rule.matches(texts[p], answers))
     agree = sum(a == b for a, b in zip(verdicts, ref_verdicts)) / len(ref_verdicts)
-    mean_len = sum(len(lm.to_ids(p)) for p in unique) / len(unique)
+    ids = sorted(lm.to_ids(p) for p in unique)
+    mean_len = sum(map(len, ids)) / len(ids)
+    trie = len({tuple(x[:i]) for x in ids for i in range(1, len(x) + 1)})
     flops = len(unique) * sum(token_flops(lm, mean_len + i) for i in range(n_new))
     peak = matmul_gflops(lm)
     report(f"knowledge filter: {len(queries)} queries x 5 three-shot prompts ({len(unique)} distinct), "
@@ -304,6 +319,8 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
     print(f"  identical generations (no early stop): {same:.1%} of {len(unique)} prompts; verdicts of the filter equal "
           f"the old way's on {agree:.1%} of {len(ref_verdicts)} prompt-answer pairs; "
           f"{len(prompts) / t_filter:.1f} prompts/s")
+    print(f"  prompt tokens: {sum(map(len, ids))} in all, {trie} distinct prefixes of them (the least any prefix "
+          f"sharing must compute)")
     print(f"  decode throughput without early stop: {flops / t_shared / 1e9:.1f} GFLOP/s (generated tokens only) = "
           f"{flops / t_shared / 1e9 / peak:.0%} of the matmul peak {peak:.1f} GFLOP/s")
 
@@ -324,6 +341,7 @@ def main() -> None:
     print(f"model {lm.name}: {lm.n_layers} layers, d_model {lm.d_model}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.machine()}, load average {os.getloadavg()}")
     print(f"measured matmul throughput at the model's shapes: {matmul_gflops(lm):.1f} GFLOP/s (float32)")
+    print(f"matmuls with few rows: {few_row_matmuls(lm)}")
     work = set(args.only.split(","))
     if "cache" in work:
         bench_cache(lm, args.repeats)
