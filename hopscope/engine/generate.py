@@ -18,9 +18,9 @@ from hopscope.engine.interventions import Intervention
 from hopscope.engine.layout import Layout
 from hopscope.engine.sites import Site
 from hopscope.engine.passes import prompt_pass
-from hopscope.engine.prefix import STORE
-from hopscope.engine.runner import (MIN_SHARED_PREFIX, _check_nonempty, common_prefix, forward, multi_prefix_pass,
-                                    rows_of, shared_prefix_length, sliding_window, suffix_pass)
+from hopscope.engine.prefix import STORE, common_prefix
+from hopscope.engine.runner import (MIN_SHARED_PREFIX, _check_nonempty, forward, multi_prefix_pass, rows_of,
+                                    shared_prefix_length, sliding_window, suffix_pass)
 
 if TYPE_CHECKING:
     from hopscope.models.loaded import LoadedModel
@@ -157,7 +157,7 @@ def generate(
             wave.append((list(group), first, cache, mask, pos))
         flush()
         if plain:  # every prefix first, batched, each shared stem once
-            STORE.get_many(lm, [ids[g[0]][:p] for g, p in plain])
+            STORE.warm(lm, [ids[g[0]][:p] for g, p in plain])
         for part in _waves(plain, ids, batch_size):
             run_plain(part)
         flush()

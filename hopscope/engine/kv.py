@@ -11,8 +11,20 @@ if TYPE_CHECKING:
     from hopscope.models.loaded import LoadedModel
 
 
+def _holds_keys(layer: Any) -> bool:
+    return bool(getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel())
+
+
 def _layers(cache: Any) -> list:
-    return [l for l in cache.layers if getattr(l, "is_initialized", False) and l.keys is not None and l.keys.numel()]
+    return [l for l in cache.layers if _holds_keys(l)]
+
+
+def _shallow_copy(cache: Any) -> tuple[Any, list[tuple[int, Any]]]:
+    """A copy of ``cache`` with copies of its layer objects (tensors shared), and its layers holding keys."""
+    new = copy.copy(cache)
+    new.layers = [copy.copy(l) for l in cache.layers]
+    live = [(i, l) for i, l in enumerate(new.layers) if _holds_keys(l)]
+    return new, live
 
 
 def nbytes(cache: Any) -> int:
@@ -23,36 +35,30 @@ def nbytes(cache: Any) -> int:
 
 def fork(cache: Any, sizes: Sequence[int]) -> Any:
     """A new cache whose layer ``l`` holds ``sizes[l]`` copies (views) of the batch-1 ``cache``'s row."""
-    new = copy.copy(cache)
-    new.layers = [copy.copy(l) for l in cache.layers]
-    for i, layer in enumerate(new.layers):
-        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
-            n = sizes[i] if i < len(sizes) else sizes[-1]
-            layer.keys = layer.keys.expand(n, *layer.keys.shape[1:])
-            layer.values = layer.values.expand(n, *layer.values.shape[1:])
+    new, live = _shallow_copy(cache)
+    for i, layer in live:
+        n = sizes[i] if i < len(sizes) else sizes[-1]
+        layer.keys = layer.keys.expand(n, *layer.keys.shape[1:])
+        layer.values = layer.values.expand(n, *layer.values.shape[1:])
     return new
 
 
 def truncate(cache: Any, length: int) -> Any:
     """A new cache holding the first ``length`` columns of ``cache`` (views; ``cache`` is not changed)."""
-    new = copy.copy(cache)
-    new.layers = [copy.copy(l) for l in cache.layers]
-    for layer in new.layers:
-        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
+    new, live = _shallow_copy(cache)
+    for _, layer in live:
+        layer.keys = layer.keys[..., :length, :]
+        layer.values = layer.values[..., :length, :]
     return new
 
 
 def row(cache: Any, index: int, columns: torch.Tensor) -> Any:
     """A new batch-1 cache holding row ``index`` of ``cache`` at key ``columns`` only (contiguous copies)."""
-    new = copy.copy(cache)
-    new.layers = [copy.copy(l) for l in cache.layers]
-    for layer in new.layers:
-        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
-            cols = columns.to(layer.keys.device)
-            layer.keys = layer.keys[index:index + 1].index_select(-2, cols).contiguous()
-            layer.values = layer.values[index:index + 1].index_select(-2, cols).contiguous()
+    new, live = _shallow_copy(cache)
+    for _, layer in live:
+        cols = columns.to(layer.keys.device)
+        layer.keys = layer.keys[index:index + 1].index_select(-2, cols).contiguous()
+        layer.values = layer.values[index:index + 1].index_select(-2, cols).contiguous()
     return new
 
 
@@ -78,11 +84,8 @@ def select(cache: Any, rows: torch.Tensor) -> Any:
 def concat(caches: Sequence[Any], widths: Sequence[int], width: int) -> Any:
     """One cache from several (rows stacked): cache ``i`` holds ``widths[i]`` columns and is left-padded with
     zeros to ``width`` (the caller masks the padding). Every cache must have the same layer structure."""
-    new = copy.copy(caches[0])
-    new.layers = [copy.copy(l) for l in caches[0].layers]
-    for i, layer in enumerate(new.layers):
-        if not (getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel()):
-            continue
+    new, live = _shallow_copy(caches[0])
+    for i, layer in live:
         for name in ("keys", "values"):
             parts = []
             for c, w in zip(caches, widths):

@@ -10,6 +10,9 @@ The forward itself computes the ``width`` columns after the prefix. A plain left
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
+
+import torch
 
 from hopscope.engine.sites import Position, resolve_positions
 
@@ -55,3 +58,25 @@ class Layout:
         """Key columns of every real token of ``row`` (prefix and suffix, no padding)."""
         n = self.lengths[row]
         return [self.key_column(row, p) for p in range(n)]
+
+
+def tails_after_prefixes(ids: Sequence[Sequence[int]], own: Sequence[int],
+                         pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch of each row's tokens after its own cached prefix of ``own[i]`` tokens.
+
+    The prefixes sit left-padded inside a cache of ``max(own)`` columns and each row's remaining tokens come
+    left-padded after it. Returns ``input_ids [rows, width]``, the attention mask ``[rows, max(own) + width]``
+    (zero on both paddings) and ``position_ids [rows, width]`` (each row's own positions).
+    """
+    big, width = max(own), max(len(x) - p for x, p in zip(ids, own))
+    r = len(ids)
+    input_ids = torch.full((r, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((r, big + width), dtype=torch.long)
+    positions = torch.zeros((r, width), dtype=torch.long)
+    for i, (x, p) in enumerate(zip(ids, own)):
+        tail = list(x[p:])
+        input_ids[i, width - len(tail):] = torch.tensor(tail, dtype=torch.long)
+        mask[i, big - p:big] = 1
+        mask[i, big + width - len(tail):] = 1
+        positions[i, width - len(tail):] = torch.arange(p, len(x))
+    return input_ids, mask, positions

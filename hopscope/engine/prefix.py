@@ -22,12 +22,23 @@ import torch
 from hopscope.engine import kv
 from hopscope.engine.compat import call_model, output_cache
 from hopscope.engine.kv import nbytes
+from hopscope.engine.layout import tails_after_prefixes
 
 if TYPE_CHECKING:
     from hopscope.models.loaded import LoadedModel
 
 _UIDS = itertools.count(1)
 MIN_REUSE = 4  # tokens: a shorter common part with a stored prefix is recomputed
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def model_uid(model: torch.nn.Module) -> int:
@@ -106,22 +117,28 @@ class PrefixStore:
         return cache
 
     def get_many(self, lm: "LoadedModel", prefixes: Sequence[Sequence[int]], *, max_tokens: int = 4096) -> list:
-        """The caches of several prefixes; the missing ones run in batched passes of about ``max_tokens``
+        """The caches of several prefixes (see :meth:`warm`)."""
+        self.warm(lm, prefixes, max_tokens=max_tokens)
+        return [self.get(lm, p) for p in prefixes]  # a prefix evicted meanwhile is recomputed
+
+    def warm(self, lm: "LoadedModel", prefixes: Sequence[Sequence[int]], *, max_tokens: int = 4096) -> None:
+        """Store the caches of ``prefixes``: the missing ones run in batched passes of about ``max_tokens``
         tokens, after the longer stems they share (so each shared stem runs once)."""
         head = self._head(lm)
         want = [tuple(int(i) for i in p) for p in prefixes]
         missing = [p for p in dict.fromkeys(want) if head + (p,) not in self._entries]
         rounds = [missing]
-        if self.reuse and kv.sliding_window(lm) is None and len(missing) > 1:
+        sliding = kv.sliding_window(lm) is not None
+        if self.reuse and not sliding and len(missing) > 1:
             ordered = sorted(missing)
             stems = set()
             for a, b in zip(ordered, ordered[1:]):
-                c = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                c = common_prefix(a, b)
                 if c >= MIN_REUSE:
                     stems.add(a[:c])
             stems = [x for x in stems if head + (x,) not in self._entries]
             rounds = [sorted(stems), [p for p in missing if p not in set(stems)]]
-        if kv.sliding_window(lm) is not None:
+        if sliding:
             max_tokens = 0  # padding would count against the window: one prefix per pass
         for seqs in rounds:
             chunk: list[tuple[int, ...]] = []
@@ -139,11 +156,6 @@ class PrefixStore:
                     for x, cache in zip(chunk, _extend(lm, items)):
                         self._store(head + (x,), cache)
                 chunk = [seq] if seq is not None else []
-        out = []
-        for p in want:
-            found = self._lookup(head + (p,))
-            out.append(found if found is not None else self.get(lm, p))  # evicted meanwhile: recompute
-        return out
 
     def _longest_common(self, head: tuple, ids: tuple[int, ...]) -> tuple[Any, int]:
         """The stored cache of this model sharing the most leading tokens with ``ids`` (at least
@@ -152,13 +164,7 @@ class PrefixStore:
         for k, (cache, _) in self._entries.items():
             if k[:-1] != head:
                 continue
-            other = k[-1]
-            c = 0
-            for x, y in zip(other, ids):
-                if x != y:
-                    break
-                c += 1
-            c = min(c, len(ids) - 1)
+            c = min(common_prefix(k[-1], ids), len(ids) - 1)
             if c > best_c:
                 best, best_c = cache, c
         return (best, best_c) if best is not None else (None, 0)
@@ -183,18 +189,9 @@ def _extend(lm: "LoadedModel", items: Sequence[tuple[Any, int, Sequence[int]]]) 
         if not rows:
             continue
         own = [items[i][1] if items[i][0] is not None else 0 for i in rows]
-        seqs = [items[i][2] for i in rows]
-        big_c, width = max(own), max(len(x) - c for x, c in zip(seqs, own))
-        r = len(rows)
-        input_ids = torch.full((r, width), lm.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((r, big_c + width), dtype=torch.long)
-        positions = torch.zeros((r, width), dtype=torch.long)
-        for j, (x, c) in enumerate(zip(seqs, own)):
-            tail = list(x[c:])
-            input_ids[j, width - len(tail):] = torch.tensor(tail, dtype=torch.long)
-            mask[j, big_c - c:big_c] = 1
-            mask[j, big_c + width - len(tail):] = 1
-            positions[j, width - len(tail):] = torch.arange(c, len(x))
+        input_ids, mask, positions = tails_after_prefixes([items[i][2] for i in rows], own,
+                                                          lm.tokenizer.pad_token_id or 0)
+        big_c, r = max(own), len(rows)
         past = None
         if big_c:
             bases = [kv.truncate(items[i][0], c) for i, c in zip(rows, own)]

@@ -12,8 +12,8 @@ from hopscope.engine.compat import call_model, output_cache
 from hopscope.engine.kv import sliding_window
 from hopscope.engine.hooks import HookSession, Staircase
 from hopscope.engine.interventions import Intervention
-from hopscope.engine.layout import Layout
-from hopscope.engine.prefix import STORE
+from hopscope.engine.layout import Layout, tails_after_prefixes
+from hopscope.engine.prefix import STORE, common_prefix
 from hopscope.engine.sites import Site, first_position, normalise_site, parse_hook_name
 
 if TYPE_CHECKING:
@@ -184,15 +184,6 @@ def run_with_cache(
 
 
 # ---- shared prefixes across different prompts ---------------------------------------------------------------
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def shared_prefix_length(lm: "LoadedModel", ids: Sequence[Sequence[int]], rows: Sequence[Sequence[Intervention]],
                          extra: int = 0) -> int:
     """Tokens every prompt shares that no intervention needs recomputed (each row keeps >= 1 own token).
@@ -262,20 +253,9 @@ def multi_prefix_pass(lm: "LoadedModel", parts: Sequence[tuple[Sequence[Sequence
     """
     ids = [x for group, _ in parts for x in group]
     own = [p for group, p in parts for _ in group]
-    big_p = max(own)
-    width = max(len(x) - p for x, p in zip(ids, own))
-    r = len(ids)
-    input_ids = torch.full((r, width), lm.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((r, big_p + width), dtype=torch.long)
-    positions = torch.zeros((r, width), dtype=torch.long)
-    for i, (x, p) in enumerate(zip(ids, own)):
-        s = list(x[p:])
-        input_ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, big_p - p:big_p] = 1
-        mask[i, big_p + width - len(s):] = 1
-        positions[i, width - len(s):] = torch.arange(p, len(x))
+    input_ids, mask, positions = tails_after_prefixes(ids, own, lm.tokenizer.pad_token_id)
     caches = [kv.fork(STORE.get(lm, group[0][:p]), [len(group)]) for group, p in parts]
-    past = kv.concat(caches, [p for _, p in parts], big_p) if len(caches) > 1 else caches[0]
+    past = kv.concat(caches, [p for _, p in parts], max(own)) if len(caches) > 1 else caches[0]
     dev = lm.device
     mask = mask.to(dev)
     out = call_model(lm.model, past=past, input_ids=input_ids.to(dev), attention_mask=mask,

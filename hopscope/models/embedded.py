@@ -109,11 +109,15 @@ def embedded_folder(name: str) -> Path:
     """HF folder (safetensors) of an embedded model, converting it from GGUF on first use (one process
     converts while others wait for it, e.g. parallel test workers on a fresh machine)."""
     folder = cache_root() / "models" / name
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+
+    def converted() -> bool:
+        return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+    if converted():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(folder.parent / f".{name}.lock"):
-        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        if converted():
             return folder  # another process converted it meanwhile
         from hopscope.models.loading import _from_gguf
 
