@@ -133,7 +133,13 @@ def generate(
                 flush()
             wave.append((group, first, cache, mask, pos))
 
-        for group in _groups(ids, batch_size) if fast else _chunks(n_rows, batch_size):
+        if fast and mergeable:  # rows without interventions: each from the longest prefix another row shares
+            plain, rest = _shared_stems([i for i in range(n_rows) if not rows[i]], ids, batch_size)
+            batches = _groups([ids[i] for i in rest], batch_size, rest) + _groups(
+                [ids[i] for i in range(n_rows) if rows[i]], batch_size, [i for i in range(n_rows) if rows[i]])
+        else:
+            batches = _groups(ids, batch_size) if fast else _chunks(n_rows, batch_size)
+        for group in batches:
             g_ids, g_rows = [ids[i] for i in group], [rows[i] for i in group]
             p = shared_prefix_length(lm, g_ids, g_rows, extra=max_new_tokens) if fast else 0
             if p >= MIN_SHARED_PREFIX and mergeable and not any(g_rows):
@@ -199,6 +205,7 @@ def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, n
     """Greedy continuation from a prompt cache into ``out[row_ids[i]]``; stopped rows leave the batch.
     ``edits[i]`` act on each new token of row ``i``."""
     tok = first.argmax(-1)
+    cache = kv.reserve(cache, max_new_tokens - 1)  # each step writes its column in place
     live = list(range(len(row_ids)))
     padded = bool((mask == 0).any())  # without padding the model needs no mask: every new token sees everything
     for i, t in zip(live, tok.tolist()):
@@ -269,8 +276,35 @@ def _chunks(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-def _groups(ids: Sequence[Sequence[int]], size: int) -> list[list[int]]:
-    """Rows in batches of at most ``size`` whose prompts share long token prefixes (sorted by tokens)."""
+def _shared_stems(rows: Sequence[int], ids: Sequence[Sequence[int]], size: int
+                  ) -> tuple[list[tuple[list[int], int]], list[int]]:
+    """Groups ``(rows, p)`` of at most ``size`` rows that run from one cached prefix of ``p`` tokens, and the
+    rows that share fewer than ``MIN_SHARED_PREFIX`` tokens with any other.
+
+    Each row starts from the longest prefix it shares with another row (keeping one token of its own), so
+    every token two prompts share sits in a cached prefix (computed once, stems first, by the prefix
+    store) and each row runs only the tokens no other row has: the least work of any prefix sharing.
+    """
+    order = sorted(rows, key=lambda i: ids[i])
+    by_prefix: dict[tuple[int, ...], list[int]] = {}
+    alone: list[int] = []
+    for k, i in enumerate(order):
+        shared = max([common_prefix(ids[i], ids[j]) for j in order[max(k - 1, 0):k + 2] if j != i] or [0])
+        p = min(shared, len(ids[i]) - 1)
+        if p < MIN_SHARED_PREFIX:
+            alone.append(i)
+        else:
+            by_prefix.setdefault(tuple(ids[i][:p]), []).append(i)
+    groups = [(members[c:c + size], len(stem)) for stem, members in by_prefix.items()
+              for c in range(0, len(members), size)]
+    return groups, alone
+
+
+def _groups(ids: Sequence[Sequence[int]], size: int, names: Sequence[int] | None = None) -> list[list[int]]:
+    """Rows in batches of at most ``size`` whose prompts share long token prefixes (sorted by tokens);
+    ``names``: the rows' numbers to return (default: their positions in ``ids``)."""
+    if names is not None:
+        return [[names[i] for i in g] for g in _groups(ids, size)]
     order = sorted(range(len(ids)), key=lambda i: ids[i])
     groups: list[list[int]] = []
     cur: list[int] = []

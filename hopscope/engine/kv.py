@@ -6,6 +6,7 @@ import copy
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 if TYPE_CHECKING:
     from hopscope.models.loaded import LoadedModel
@@ -74,11 +75,67 @@ def complete(cache: Any, total: int, order: torch.Tensor) -> Any:
 
 
 def select(cache: Any, rows: torch.Tensor) -> Any:
-    """Keep only batch rows ``rows`` (in that order)."""
+    """Keep only batch rows ``rows`` (in that order); a reserved layer keeps its room."""
     for layer in _layers(cache):
+        if isinstance(layer, ReservedLayer) and layer.holds_own():
+            layer.select_rows(rows)
+            continue
         layer.keys = layer.keys.index_select(0, rows.to(layer.keys.device))
         layer.values = layer.values.index_select(0, rows.to(layer.values.device))
     return cache
+
+
+class ReservedLayer(DynamicLayer):
+    """A dynamic cache layer whose keys and values are views into buffers with room for more columns, so a
+    decode step writes its new column in place instead of copying the whole layer (``torch.cat``).
+
+    Reading it is the same as reading a ``DynamicLayer``; once its room is spent, or its tensors were
+    replaced from outside, it grows by concatenation again.
+    """
+
+    def reserve(self, extra: int) -> None:
+        n = self.keys.shape[-2]
+        for name in ("keys", "values"):
+            t = getattr(self, name)
+            buf = torch.empty(*t.shape[:-2], n + extra, t.shape[-1], dtype=t.dtype, device=t.device)
+            buf[..., :n, :] = t
+            setattr(self, f"_{name}_room", buf)
+            setattr(self, name, buf[..., :n, :])
+
+    def holds_own(self) -> bool:
+        """Whether ``keys``/``values`` are still the leading columns of this layer's own buffers."""
+        room = getattr(self, "_keys_room", None)
+        return (room is not None and self.keys.data_ptr() == room.data_ptr() and self.keys.shape[0] == room.shape[0]
+                and self.values.data_ptr() == self._values_room.data_ptr())
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        n = self.keys.shape[-2]
+        for name in ("keys", "values"):
+            room = getattr(self, f"_{name}_room").index_select(0, rows.to(self.keys.device))
+            setattr(self, f"_{name}_room", room)
+            setattr(self, name, room[..., :n, :])
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.is_initialized and self.holds_own():
+            n, q = self.keys.shape[-2], key_states.shape[-2]
+            if n + q <= self._keys_room.shape[-2] and key_states.shape[0] == self.keys.shape[0]:
+                self._keys_room[..., n:n + q, :] = key_states
+                self._values_room[..., n:n + q, :] = value_states
+                self.keys = self._keys_room[..., :n + q, :]
+                self.values = self._values_room[..., :n + q, :]
+                return self.keys, self.values
+        return super().update(key_states, value_states, *args, **kwargs)
+
+
+def reserve(cache: Any, extra: int) -> Any:
+    """A copy of ``cache`` whose plain dynamic layers have room for ``extra`` more columns (see
+    :class:`ReservedLayer`); other layer kinds (sliding windows) are kept as they are."""
+    new, live = _shallow_copy(cache)
+    for _, layer in live:
+        if type(layer) is DynamicLayer and extra > 0:
+            layer.__class__ = ReservedLayer
+            layer.reserve(extra)
+    return new
 
 
 def concat(caches: Sequence[Any], widths: Sequence[int], width: int) -> Any:

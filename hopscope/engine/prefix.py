@@ -130,32 +130,27 @@ class PrefixStore:
         rounds = [missing]
         sliding = kv.sliding_window(lm) is not None
         if self.reuse and not sliding and len(missing) > 1:
-            ordered = sorted(missing)
-            stems = set()
-            for a, b in zip(ordered, ordered[1:]):
-                c = common_prefix(a, b)
-                if c >= MIN_REUSE:
-                    stems.add(a[:c])
-            stems = [x for x in stems if head + (x,) not in self._entries]
-            rounds = [sorted(stems), [p for p in missing if p not in set(stems)]]
+            rounds = _stem_rounds(missing, lambda x: head + (x,) in self._entries)
         if sliding:
             max_tokens = 0  # padding would count against the window: one prefix per pass
         for seqs in rounds:
-            chunk: list[tuple[int, ...]] = []
-            for seq in sorted(seqs, key=len) + [None]:  # by length: little padding in each pass
-                if seq is not None and (not chunk or (len(chunk) + 1) * max(map(len, chunk + [seq])) <= max_tokens):
-                    chunk.append(seq)
+            items = []
+            for x in seqs:
+                base, c = self._base(lm, head, x)
+                items.append((base, c, x))
+            items.sort(key=lambda it: (len(it[2]) - it[1], it[1]))  # by own tokens: little padding in a pass
+            chunk: list = []
+            for item in items + [None]:
+                if item is not None and (not chunk or (len(chunk) + 1) * max(len(x) - c for _, c, x in chunk + [item])
+                                         <= max_tokens):
+                    chunk.append(item)
                     continue
                 if chunk:
-                    items = []
-                    for x in chunk:
-                        base, c = self._base(lm, head, x)
-                        self.misses += 1
-                        self.extended += base is not None
-                        items.append((base, c, x))
-                    for x, cache in zip(chunk, _extend(lm, items)):
+                    self.misses += len(chunk)
+                    self.extended += sum(b is not None for b, _, _ in chunk)
+                    for (_, _, x), cache in zip(chunk, _extend(lm, chunk)):
                         self._store(head + (x,), cache)
-                chunk = [seq] if seq is not None else []
+                chunk = [item] if item is not None else []
 
     def _longest_common(self, head: tuple, ids: tuple[int, ...]) -> tuple[Any, int]:
         """The stored cache of this model sharing the most leading tokens with ``ids`` (at least
@@ -175,6 +170,26 @@ class PrefixStore:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+def _stem_rounds(missing: Sequence[tuple[int, ...]], stored) -> list[list[tuple[int, ...]]]:
+    """The missing prefixes in rounds, after the stems they share: every branch point of their token trie
+    (the common part of two neighbours in sorted order) not yet ``stored``, a stem after the stems it
+    extends, so each shared token runs once and every later round extends a cache of an earlier one."""
+    ordered = sorted(missing)
+    stems = {a[:c] for a, b in zip(ordered, ordered[1:]) if (c := common_prefix(a, b)) >= MIN_REUSE}
+    depth: dict[tuple[int, ...], int] = {}
+    chain: list[tuple[int, ...]] = []
+    for x in sorted(stems):  # sorted: a stem comes right before the stems that extend it
+        while chain and x[:len(chain[-1])] != chain[-1]:
+            chain.pop()
+        depth[x] = len(chain)
+        chain.append(x)
+    levels: dict[int, list[tuple[int, ...]]] = {}
+    for x, d in depth.items():
+        if not stored(x):
+            levels.setdefault(d, []).append(x)
+    return [levels[d] for d in sorted(levels)] + [[p for p in missing if p not in stems]]
 
 
 def _extend(lm: "LoadedModel", items: Sequence[tuple[Any, int, Sequence[int]]]) -> list:

@@ -1,0 +1,147 @@
+"""The engine's work-saving steps change no result.
+
+- A decode cache with reserved room (each step writes its column in place) reads exactly like one that
+  grows by concatenation, through row selection (early stops) and after its room is spent; it never
+  writes into the cache it was made from (a stored prefix).
+- Greedy generation equals the HF twin's own greedy generation, token for token.
+- The prefix store runs nested shared stems shortest first, so each shared token is computed once.
+- Rows without interventions run from the longest prefix any other row shares with them, and equal each
+  prompt run alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from hopscope.engine import generate, kv, run
+from hopscope.engine.prefix import MIN_REUSE, PrefixStore, _stem_rounds
+
+TOL = 1e-4
+FEW_SHOT = "Q: Where is the Colosseum? A: Rome.\nQ: Where is Big Ben? A: London.\nQ: "
+NESTED = [FEW_SHOT + q for q in (
+    "Where is the Eiffel Tower? A:", "Where is the Eiffel Tower located? A:", "Where is the Brandenburg Gate? A:",
+    "Where is the Brandenburg Gate? A:",  # a duplicate row
+    "Which city has the Eiffel Tower? A:", "Which city has the Brandenburg Gate? A:")] + ["A short prompt"]
+
+
+def _random_cache(rows: int, n: int, seed: int) -> DynamicCache:
+    g = torch.Generator().manual_seed(seed)
+    cache = DynamicCache()
+    for layer in range(3):
+        cache.update(torch.randn(rows, 2, n, 4, generator=g), torch.randn(rows, 2, n, 4, generator=g), layer)
+    return cache
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x.keys, y.keys) and torch.equal(x.values, y.values) for x, y in zip(a.layers, b.layers))
+
+
+def test_reserved_cache_reads_like_a_concatenating_one():
+    source = _random_cache(rows=4, n=5, seed=0)
+    kept = copy.deepcopy(source)
+    plain, reserved = copy.deepcopy(source), kv.reserve(source, 3)
+    assert all(isinstance(l, kv.ReservedLayer) for l in reserved.layers)
+    g = torch.Generator().manual_seed(1)
+    ptrs = [l.keys.data_ptr() for l in reserved.layers]
+    for step in range(6):  # 3 steps in place, then concatenation once the room is spent
+        if step == 2:  # two rows stop: both caches keep rows 3 and 1
+            keep = torch.tensor([3, 1])
+            kv.select(plain, keep), kv.select(reserved, keep)
+            ptrs = [l.keys.data_ptr() for l in reserved.layers]
+        b = plain.layers[0].keys.shape[0]
+        for layer in range(3):
+            k, v = torch.randn(b, 2, 1, 4, generator=g), torch.randn(b, 2, 1, 4, generator=g)
+            plain.update(k, v, layer)
+            reserved.update(k.clone(), v.clone(), layer)
+        assert _same(plain, reserved), step
+        in_place = [l.keys.data_ptr() for l in reserved.layers] == ptrs
+        assert in_place == (step < 3), step  # not vacuous: the room is used, then left
+    assert reserved.layers[0].keys.shape[-2] == 5 + 6
+    assert _same(source, kept)  # the cache it was made from is untouched
+
+
+def test_reserved_layer_replaced_from_outside_grows_by_concatenation():
+    reserved = kv.reserve(_random_cache(rows=2, n=3, seed=2), 4)
+    plain = copy.deepcopy(_random_cache(rows=2, n=3, seed=2))
+    for cache in (reserved, plain):  # a caller swaps a layer's tensors (as the staircase does)
+        cache.layers[1].keys = cache.layers[1].keys.flip(0).contiguous()
+        cache.layers[1].values = cache.layers[1].values.flip(0).contiguous()
+    k, v = torch.ones(2, 2, 1, 4), torch.zeros(2, 2, 1, 4)
+    for layer in range(3):
+        plain.update(k, v, layer)
+        reserved.update(k, v, layer)
+    assert _same(plain, reserved)
+
+
+def test_generation_with_reserved_room_equals_concatenation(tiny_model, monkeypatch):
+    lm = tiny_model
+    prompts = NESTED
+    stop = lambda row, toks: len(toks) >= 2 + row % 4  # rows leave the batch at different steps
+    got = generate(lm, prompts, max_new_tokens=6, stop=stop)
+    monkeypatch.setattr(kv, "reserve", lambda cache, extra: cache)
+    ref = generate(lm, prompts, max_new_tokens=6, stop=stop)
+    assert got.tokens == ref.tokens
+    assert [len(t) for t in got.tokens] == [2 + i % 4 for i in range(len(prompts))]
+
+
+def test_generation_equals_the_hf_twins_greedy_generation(tiny_model, tiny_hf):
+    lm = tiny_model
+    for prompt in (NESTED[0], NESTED[-1]):
+        ids = torch.tensor([lm.to_ids(prompt)])
+        ref = tiny_hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                               min_new_tokens=6, pad_token_id=0)[0, ids.shape[1]:].tolist()
+        assert generate(lm, [prompt], max_new_tokens=6).tokens[0] == ref, prompt
+
+
+def test_nested_stems_run_shortest_first():
+    a = tuple(range(10))
+    prefixes = [a + (20, 21, 22, 30), a + (20, 21, 22, 31), a + (20, 40), a + (50,), (7,) * 6]
+    rounds = _stem_rounds(prefixes, lambda x: False)
+    assert rounds == [[a], [a + (20,)], [a + (20, 21, 22)], prefixes]
+    # a stem already stored is not run again, and its extensions still come after it
+    assert _stem_rounds(prefixes, lambda x: x == a) == [[a + (20,)], [a + (20, 21, 22)], prefixes]
+    # stems shorter than MIN_REUSE are not worth a round
+    short = [(1,) * (MIN_REUSE - 1) + (2,), (1,) * (MIN_REUSE - 1) + (3,)]
+    assert _stem_rounds(short, lambda x: False) == [short]
+
+
+def test_warm_computes_each_shared_token_once(tiny_llama, monkeypatch):
+    prefix_module = sys.modules["hopscope.engine.prefix"]
+    lm = tiny_llama
+    prefixes = [lm.to_ids(p)[:-1] for p in NESTED[:-1]]
+    assert len({tuple(p) for p in prefixes}) == 5
+    computed = []
+    real = prefix_module._extend
+    monkeypatch.setattr(prefix_module, "_extend",
+                        lambda lm_, items: computed.extend(len(x) - c for _, c, x in items) or real(lm_, items))
+    store = PrefixStore()
+    caches = store.get_many(lm, prefixes)
+    trie = {tuple(p[:k]) for p in prefixes for k in range(1, len(p) + 1)}
+    assert sum(computed) == len(trie)  # every distinct token position once; the shared few-shot part once
+    whole = PrefixStore()
+    whole.reuse = False
+    for ids, cache in zip(prefixes, caches):
+        for lg, lr in zip(cache.layers, whole.get(lm, ids).layers):
+            assert (lg.keys - lr.keys).abs().max().item() <= TOL and (lg.values - lr.values).abs().max().item() <= TOL
+
+
+def test_rows_run_from_the_longest_prefix_another_row_shares(tiny_model):
+    gen_module = sys.modules["hopscope.engine.generate"]
+    lm = tiny_model
+    ids = [lm.to_ids(p) for p in NESTED]
+    groups, alone = gen_module._shared_stems(list(range(len(ids))), ids, 256)
+    assert alone == [len(ids) - 1]
+    starts = {i: p for rows, p in groups for i in rows}
+    for i in starts:
+        best = max(gen_module.common_prefix(ids[i], ids[j]) for j in range(len(ids)) if j != i)
+        assert starts[i] == min(best, len(ids[i]) - 1), NESTED[i]
+    assert len({p for p in starts.values()}) >= 3  # nested: rows start at several depths
+    got = generate(lm, NESTED, max_new_tokens=4, first_logits=True)
+    alone_logits = torch.cat([run(lm, [p], last_only=True, share_prefix=False).logits for p in NESTED])
+    assert (got.first_logits - alone_logits).abs().max().item() <= TOL
+    for i, p in enumerate(NESTED):
+        assert got.tokens[i] == generate(lm, [p], max_new_tokens=4, fast=False).tokens[0], p
