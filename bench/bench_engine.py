@@ -297,14 +297,32 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
         decoded.append(sum(map(len, gen.tokens)))
         return gen
 
+    import sys
+
+    engine_modules = [sys.modules[f"hopscope.engine.{m}"] for m in ("generate", "prefix", "runner")]
+    real_call = engine_modules[0].call_model
+    columns = [0, 0]  # prompt passes, prompt columns they compute (padding included)
+
+    def counting_call(model, **kwargs):
+        width = kwargs["input_ids"].shape[1]
+        if width > 1:
+            columns[0] += 1
+            columns[1] += kwargs["input_ids"].numel()
+        return real_call(model, **kwargs)
+
     def filter_():  # the knowledge filter's model work as `hopscope data filter` / the study runs it
         clear_prefix_cache()
         decoded.clear()
+        columns[:] = [0, 0]
         knowledge_module.generate = counting_generate
+        for m in engine_modules:
+            m.call_model = counting_call
         try:
             return knowledge_table(lm, queries, rule)
         finally:
             knowledge_module.generate = real_generate
+            for m in engine_modules:
+                m.call_model = real_call
 
     t_naive, ref = timed(naive, 0)
     t_shared, got = timed(shared_only, max(0, repeats // 3))
@@ -335,7 +353,8 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
           f"the old way's on {agree:.1%} of {len(ref_verdicts)} prompt-answer pairs; "
           f"{len(prompts) / t_filter:.1f} prompts/s")
     print(f"  prompt tokens: {sum(map(len, ids))} in all, {trie} distinct prefixes of them (the least any prefix "
-          f"sharing must compute)")
+          f"sharing must compute); the filter's {columns[0]} prompt passes compute {columns[1]} columns "
+          f"(padding included: {columns[1] / trie - 1:.0%} over the least)")
     unembed = 2 * lm.d_model * lm.d_vocab
     least = (trie * (token_flops(lm, mean_len / 2) - unembed) + len(unique) * unembed
              + max(0, sum(decoded) - len(unique)) * token_flops(lm, mean_len + n_new / 2))

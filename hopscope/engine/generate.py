@@ -249,26 +249,29 @@ def _merge(wave):
 
 def _waves(groups: list[tuple[list[int], int]], ids: Sequence[Sequence[int]], size: int,
            waste: float = 0.25, small: int = 512) -> list[list[tuple[list[int], int]]]:
-    """Prefix groups ``(rows, p)`` packed into passes of at most ``size`` rows, by the length of their own
-    tokens, so that padding adds at most ``waste`` of the real tokens to a pass of over ``small`` tokens
-    (smaller passes are slow per token anyway: they are never split for padding)."""
-    def width(g: tuple[list[int], int]) -> int:
-        return max(len(ids[i]) - g[1] for i in g[0])
-
-    waves: list[list[tuple[list[int], int]]] = []
-    cur: list[tuple[list[int], int]] = []
-    rows = real = 0
-    for g in sorted(groups, key=width):
-        n, w = len(g[0]), width(g)
-        own = sum(len(ids[i]) - g[1] for i in g[0])
-        padded = (rows + n) * w
-        if cur and (rows + n > size or (padded > small and padded > (1 + waste) * (real + own))):
-            waves.append(cur)
-            cur, rows, real = [], 0, 0
-        cur.append(g)
-        rows, real = rows + n, real + own
+    """The rows of prefix groups ``(rows, p)`` packed into passes of at most ``size`` rows, by the length of
+    each row's own tokens (rows of one group may go to different passes), so that padding adds at most
+    ``waste`` of the real tokens to a pass of over ``small`` tokens (smaller passes are slow per token
+    anyway: they are never split for padding). Each pass is a list of parts ``(rows, p)`` of one group each."""
+    order = sorted((len(ids[i]) - p, k, i) for k, (g, p) in enumerate(groups) for i in g)
+    passes: list[list[tuple[int, int, int]]] = []
+    cur: list[tuple[int, int, int]] = []
+    real = 0
+    for item in order:
+        padded = (len(cur) + 1) * item[0]  # sorted: this row's tokens are the pass's longest
+        if cur and (len(cur) + 1 > size or (padded > small and padded > (1 + waste) * (real + item[0]))):
+            passes.append(cur)
+            cur, real = [], 0
+        cur.append(item)
+        real += item[0]
     if cur:
-        waves.append(cur)
+        passes.append(cur)
+    waves = []
+    for rows in passes:
+        parts: dict[int, list[int]] = {}
+        for _, k, i in rows:
+            parts.setdefault(k, []).append(i)
+        waves.append([(members, groups[k][1]) for k, members in parts.items()])
     return waves
 
 

@@ -141,8 +141,7 @@ class PrefixStore:
             items.sort(key=lambda it: (len(it[2]) - it[1], it[1]))  # by own tokens: little padding in a pass
             chunk: list = []
             for item in items + [None]:
-                if item is not None and (not chunk or (len(chunk) + 1) * max(len(x) - c for _, c, x in chunk + [item])
-                                         <= max_tokens):
+                if item is not None and (not chunk or _fits([len(x) - c for _, c, x in chunk + [item]], max_tokens)):
                     chunk.append(item)
                     continue
                 if chunk:
@@ -170,6 +169,13 @@ class PrefixStore:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+def _fits(own: Sequence[int], max_tokens: int, waste: float = 0.25, small: int = 512) -> bool:
+    """Whether rows running ``own`` tokens each fit one pass: at most ``max_tokens`` padded tokens, and
+    padding adds at most ``waste`` of the real tokens to a pass of over ``small`` tokens."""
+    padded = len(own) * max(own)
+    return padded <= max_tokens and (padded <= small or padded <= (1 + waste) * sum(own))
 
 
 def _stem_rounds(missing: Sequence[tuple[int, ...]], stored) -> list[list[tuple[int, ...]]]:

@@ -145,3 +145,35 @@ def test_rows_run_from_the_longest_prefix_another_row_shares(tiny_model):
     assert (got.first_logits - alone_logits).abs().max().item() <= TOL
     for i, p in enumerate(NESTED):
         assert got.tokens[i] == generate(lm, [p], max_new_tokens=4, fast=False).tokens[0], p
+
+
+def test_passes_pack_rows_by_their_own_length_and_lose_none():
+    gen_module = sys.modules["hopscope.engine.generate"]
+    prefix_module = sys.modules["hopscope.engine.prefix"]
+    g = torch.Generator().manual_seed(0)
+    ids, groups = [], []
+    for k in range(12):  # 12 prefix groups; each row's own tokens after its group's prefix vary from 1 to 40
+        p = 10 + k
+        rows = []
+        for _ in range(int(torch.randint(1, 30, (1,), generator=g))):
+            rows.append(len(ids))
+            ids.append([k] * p + [1] * int(torch.randint(1, 41, (1,), generator=g)))
+        groups.append((rows, p))
+    p_of = {i: p for rows, p in groups for i in rows}
+    waves = gen_module._waves(groups, ids, 64)
+    seen = [i for wave in waves for rows, _ in wave for i in rows]
+    assert sorted(seen) == list(range(len(ids)))  # every row once
+    for wave in waves:
+        assert all(p == p_of[i] for rows, p in wave for i in rows)  # each part keeps its own group's prefix
+        own = [len(ids[i]) - p for rows, p in wave for i in rows]
+        assert len(own) <= 64
+        padded = len(own) * max(own)
+        assert padded <= 512 or padded <= 1.25 * sum(own)
+    # rows packed by their own length pad less than whole groups packed by their longest row
+    padded_rows = sum(len(w) * max(w) for w in ([len(ids[i]) - p for rows, p in wave for i in rows] for wave in waves))
+    group_width = sum(len(rows) * max(len(ids[i]) - p for i in rows) for rows, p in groups)
+    assert padded_rows < group_width
+    # the prefix store's passes follow the same rule
+    assert prefix_module._fits([5] * 100, 4096) and not prefix_module._fits([5] * 99 + [40], 4096)
+    assert prefix_module._fits([1, 40], 4096)  # small passes are never split for padding
+    assert not prefix_module._fits([40] * 103, 4096)  # nor made larger than max_tokens
