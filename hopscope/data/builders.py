@@ -176,11 +176,17 @@ def _chains(composition: str) -> tuple[tuple[Chain, ...], Counter]:
     first = _relation_facts(spec.r1)
     counts: Counter = Counter(first_hop_facts=len(first))
     out = []
+    answer_keys: dict[int, list[str]] = {}  # per second-hop fact: its answer's and aliases' padded keys
     for f in first:
         g = second.get(normalize(f.answer))
         if g is None:
             counts["no_second_hop"] += 1
-        elif any(_contains(f.subject, a) for a in (g.answer, *g.aliases)):
+            continue
+        keys = answer_keys.get(id(g))
+        if keys is None:
+            keys = answer_keys[id(g)] = [f" {normalize(a)} " for a in (g.answer, *g.aliases)]
+        subject = f" {normalize(f.subject)} "
+        if any(k in subject for k in keys):  # e1 names e3 (as whole words, like _contains)
             counts["e1_names_answer"] += 1
         else:
             out.append(Chain(f.subject, f.answer, g.answer, f.aliases, g.aliases, f.popularity, f.extra["slug"]))
