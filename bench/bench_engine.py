@@ -122,6 +122,42 @@ class DecodeLoop:
                 f"{rate / peak:.0%} of the matmul peak {peak:.1f} GFLOP/s (target >= 30%)")
 
 
+class ModelCalls:
+    """Counts the engine's model calls while the block runs: prompt passes (more than one column), the
+    columns they compute (padding included), their rows (each unembeds its last column) and the tokens of
+    decode steps (one column per row)."""
+
+    MODULES = ("generate", "prefix", "runner")
+
+    def __enter__(self) -> "ModelCalls":
+        import sys
+
+        self.modules = [sys.modules[f"hopscope.engine.{m}"] for m in self.MODULES]
+        self.real = real = self.modules[0].call_model
+        self.passes = self.columns = self.rows = self.steps = 0
+
+        def counting_call(model, **kwargs):
+            rows, width = kwargs["input_ids"].shape
+            if width > 1:
+                self.passes += 1
+                self.columns += rows * width
+                self.rows += rows
+            else:
+                self.steps += rows
+            return real(model, **kwargs)
+
+        for m in self.modules:
+            m.call_model = counting_call
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m in self.modules:
+            m.call_model = self.real
+
+    def counts(self) -> tuple[int, int, int, int]:
+        return self.passes, self.columns, self.rows, self.steps
+
+
 def report(name: str, rows: list[tuple[str, float, float | None]], baseline: float, target: str = "") -> None:
     print(f"\n[{name}] {target}")
     for label, t, diff in rows:
@@ -334,34 +370,27 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
         decoded.append(sum(map(len, gen.tokens)))
         return gen
 
-    import sys
-
-    engine_modules = [sys.modules[f"hopscope.engine.{m}"] for m in ("generate", "prefix", "runner")]
-    real_call = engine_modules[0].call_model
-    columns = [0, 0]  # prompt passes, prompt columns they compute (padding included)
-
-    def counting_call(model, **kwargs):
-        width = kwargs["input_ids"].shape[1]
-        if width > 1:
-            columns[0] += 1
-            columns[1] += kwargs["input_ids"].numel()
-        return real_call(model, **kwargs)
+    work = {}  # workload -> (prompt passes, prompt columns computed, decode-step tokens), counted while it runs
 
     def filter_():  # the knowledge filter's model work as `hopscope data filter` / the study runs it
         clear_prefix_cache()
         decoded.clear()
-        columns[:] = [0, 0]
         knowledge_module.generate = counting_generate
-        for m in engine_modules:
-            m.call_model = counting_call
         try:
-            return knowledge_table(lm, queries, rule)
+            with ModelCalls() as calls:
+                table = knowledge_table(lm, queries, rule)
+            work["filter"] = calls.counts()
+            return table
         finally:
             knowledge_module.generate = real_generate
-            for m in engine_modules:
-                m.call_model = real_call
 
-    t_naive, ref = timed(naive, 0)
+    def counted_naive():
+        with ModelCalls() as calls:
+            out = naive()
+        work["naive"] = calls.counts()
+        return out
+
+    t_naive, ref = timed(counted_naive, 0)
     t_shared, got = timed(shared_only, max(0, repeats // 3))
     t_filter, table = timed(filter_, max(0, repeats // 3))
     same = sum(a == b for a, b in zip(ref, got)) / len(unique)
@@ -390,8 +419,9 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
           f"the old way's on {agree:.1%} of {len(ref_verdicts)} prompt-answer pairs; "
           f"{len(prompts) / t_filter:.1f} prompts/s")
     print(f"  prompt tokens: {sum(map(len, ids))} in all, {trie} distinct prefixes of them (the least any prefix "
-          f"sharing must compute); the filter's {columns[0]} prompt passes compute {columns[1]} columns "
-          f"(padding included: {columns[1] / trie - 1:.0%} over the least)")
+          f"sharing must compute); the filter's {work['filter'][0]} prompt passes compute {work['filter'][1]} "
+          f"columns (padding included: {work['filter'][1] / trie - 1:.0%} over the least), the old way's "
+          f"{work['naive'][0]} compute {work['naive'][1]}")
     unembed = 2 * lm.d_model * lm.d_vocab
     least = (trie * (token_flops(lm, mean_len / 2) - unembed) + len(unique) * unembed
              + max(0, sum(decoded) - len(unique)) * token_flops(lm, mean_len + n_new / 2))
@@ -399,6 +429,17 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
     print(f"  the least work (each distinct prefix token once, the {sum(decoded)} tokens the filter generates) at "
           f"the matmul peak takes {t_least:.1f} s: no prefix sharing can beat {t_naive / t_least:.1f}x here; the "
           f"filter reaches {least / t_filter / 1e9 / peak:.0%} of the peak on that work")
+    def gflop(counts: tuple[int, int, int, int]) -> float:
+        _, cols, rows, steps = counts
+        return ((cols * (token_flops(lm, mean_len / 2) - unembed) + rows * unembed
+                 + steps * token_flops(lm, mean_len + n_new / 2)) / 1e9)
+
+    g_naive, g_filter, g_least = gflop(work["naive"]), gflop(work["filter"]), least / 1e9
+    print(f"  work (linear layers and attention): the old way {g_naive:,.0f} GFLOP ({work['naive'][3]} "
+          f"decode-step tokens), the filter {g_filter:,.0f} ({work['filter'][3]}), the least "
+          f"{g_least:,.0f}: the old way does {g_naive / g_filter:.1f}x the filter's work and {g_naive / g_least:.1f}x "
+          f"the least; at the old way's own efficiency ({g_naive / t_naive:.1f} GFLOP/s) no prefix sharing beats "
+          f"{g_naive / g_least:.1f}x, and the filter ran at {g_filter / t_filter:.1f} GFLOP/s")
     print(f"  throughput of the whole generate without early stop (prompt passes included, generated tokens' work "
           f"only): {flops / t_shared / 1e9:.1f} GFLOP/s = {flops / t_shared / 1e9 / peak:.0%} of the matmul peak")
     clear_prefix_cache()

@@ -18,7 +18,7 @@ from hopscope.engine.interventions import Intervention
 from hopscope.engine.layout import Layout
 from hopscope.engine.sites import Site
 from hopscope.engine.passes import prompt_pass
-from hopscope.engine.prefix import STORE, common_prefix
+from hopscope.engine.prefix import PASS_WASTE, SMALL_PASS, STORE, common_prefix
 from hopscope.engine.runner import (MIN_SHARED_PREFIX, _check_nonempty, forward, multi_prefix_pass, rows_of,
                                     shared_prefix_length, sliding_window, suffix_pass)
 
@@ -248,11 +248,11 @@ def _merge(wave):
 
 
 def _waves(groups: list[tuple[list[int], int]], ids: Sequence[Sequence[int]], size: int,
-           waste: float = 0.25, small: int = 512) -> list[list[tuple[list[int], int]]]:
+           waste: float = PASS_WASTE, small: int = SMALL_PASS) -> list[list[tuple[list[int], int]]]:
     """The rows of prefix groups ``(rows, p)`` packed into passes of at most ``size`` rows, by the length of
     each row's own tokens (rows of one group may go to different passes), so that padding adds at most
-    ``waste`` of the real tokens to a pass of over ``small`` tokens (smaller passes are slow per token
-    anyway: they are never split for padding). Each pass is a list of parts ``(rows, p)`` of one group each."""
+    ``waste`` of the real tokens to a pass of over ``small`` tokens (smaller ones are never split: each
+    pass reads every weight once). Each pass is a list of parts ``(rows, p)`` of one group each."""
     order = sorted((len(ids[i]) - p, k, i) for k, (g, p) in enumerate(groups) for i in g)
     passes: list[list[tuple[int, int, int]]] = []
     cur: list[tuple[int, int, int]] = []

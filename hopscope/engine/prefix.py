@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 _UIDS = itertools.count(1)
 MIN_REUSE = 4  # tokens: a shorter common part with a stored prefix is recomputed
+PASS_WASTE = 0.25  # padding may add this share of the real tokens to a pass of over SMALL_PASS tokens
+SMALL_PASS = 64  # tokens: a smaller pass is never split for padding (each pass reads every weight once)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -171,7 +173,7 @@ class PrefixStore:
         self._entries.clear()
 
 
-def _fits(own: Sequence[int], max_tokens: int, waste: float = 0.25, small: int = 512) -> bool:
+def _fits(own: Sequence[int], max_tokens: int, waste: float = PASS_WASTE, small: int = SMALL_PASS) -> bool:
     """Whether rows running ``own`` tokens each fit one pass: at most ``max_tokens`` padded tokens, and
     padding adds at most ``waste`` of the real tokens to a pass of over ``small`` tokens."""
     padded = len(own) * max(own)

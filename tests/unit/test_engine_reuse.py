@@ -168,12 +168,14 @@ def test_passes_pack_rows_by_their_own_length_and_lose_none():
         own = [len(ids[i]) - p for rows, p in wave for i in rows]
         assert len(own) <= 64
         padded = len(own) * max(own)
-        assert padded <= 512 or padded <= 1.25 * sum(own)
+        assert padded <= prefix_module.SMALL_PASS or padded <= (1 + prefix_module.PASS_WASTE) * sum(own)
     # rows packed by their own length pad less than whole groups packed by their longest row
     padded_rows = sum(len(w) * max(w) for w in ([len(ids[i]) - p for rows, p in wave for i in rows] for wave in waves))
     group_width = sum(len(rows) * max(len(ids[i]) - p for i in rows) for rows, p in groups)
     assert padded_rows < group_width
     # the prefix store's passes follow the same rule
     assert prefix_module._fits([5] * 100, 4096) and not prefix_module._fits([5] * 99 + [40], 4096)
-    assert prefix_module._fits([1, 40], 4096)  # small passes are never split for padding
+    small = prefix_module.SMALL_PASS
+    assert prefix_module._fits([1, small // 2], 4096)  # small passes are never split for padding
+    assert not prefix_module._fits([1] * 3 + [small], 4096)  # a larger one is, beyond the bound
     assert not prefix_module._fits([40] * 103, 4096)  # nor made larger than max_tokens
