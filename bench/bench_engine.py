@@ -370,7 +370,7 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
         decoded.append(sum(map(len, gen.tokens)))
         return gen
 
-    work = {}  # workload -> (prompt passes, prompt columns computed, decode-step tokens), counted while it runs
+    work = {}  # workload -> ModelCalls.counts() while it ran
 
     def filter_():  # the knowledge filter's model work as `hopscope data filter` / the study runs it
         clear_prefix_cache()
@@ -429,6 +429,7 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
     print(f"  the least work (each distinct prefix token once, the {sum(decoded)} tokens the filter generates) at "
           f"the matmul peak takes {t_least:.1f} s: no prefix sharing can beat {t_naive / t_least:.1f}x here; the "
           f"filter reaches {least / t_filter / 1e9 / peak:.0%} of the peak on that work")
+
     def gflop(counts: tuple[int, int, int, int]) -> float:
         _, cols, rows, steps = counts
         return ((cols * (token_flops(lm, mean_len / 2) - unembed) + rows * unembed

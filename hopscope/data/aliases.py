@@ -54,7 +54,6 @@ def _parse_loose(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=1 << 18)
-@lru_cache(maxsize=1 << 18)  # pure, and asked of the same names again and again while building data
 def normalize(text: str) -> str:
     """Matching key: NFKD without accents, lower case, punctuation dropped, spaces collapsed."""
     text = unicodedata.normalize("NFKD", text)

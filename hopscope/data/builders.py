@@ -86,10 +86,14 @@ class Chain:
         return frozenset(normalize(x) for x in names if x)
 
 
+def _word_key(text: str) -> str:
+    """``text`` normalised and padded with spaces, so ``_word_key(b) in _word_key(a)`` matches whole words."""
+    return f" {normalize(text)} "
+
+
 def _contains(a: str, b: str) -> bool:
     """Whether normalised ``b`` occurs as whole words in normalised ``a``."""
-    na, nb = f" {normalize(a)} ", f" {normalize(b)} "
-    return nb in na
+    return _word_key(b) in _word_key(a)
 
 
 def _slug(text: str) -> str:
@@ -184,9 +188,9 @@ def _chains(composition: str) -> tuple[tuple[Chain, ...], Counter]:
             continue
         keys = answer_keys.get(id(g))
         if keys is None:
-            keys = answer_keys[id(g)] = [f" {normalize(a)} " for a in (g.answer, *g.aliases)]
-        subject = f" {normalize(f.subject)} "
-        if any(k in subject for k in keys):  # e1 names e3 (as whole words, like _contains)
+            keys = answer_keys[id(g)] = [_word_key(a) for a in (g.answer, *g.aliases)]
+        subject = _word_key(f.subject)
+        if any(k in subject for k in keys):  # e1 names e3 as whole words
             counts["e1_names_answer"] += 1
         else:
             out.append(Chain(f.subject, f.answer, g.answer, f.aliases, g.aliases, f.popularity, f.extra["slug"]))

@@ -18,7 +18,7 @@ from hopscope.engine.interventions import Intervention
 from hopscope.engine.layout import Layout
 from hopscope.engine.sites import Site
 from hopscope.engine.passes import prompt_pass
-from hopscope.engine.prefix import PASS_WASTE, SMALL_PASS, STORE, common_prefix
+from hopscope.engine.prefix import PASS_WASTE, SMALL_PASS, STORE, common_prefix, little_padding
 from hopscope.engine.runner import (MIN_SHARED_PREFIX, _check_nonempty, forward, multi_prefix_pass, rows_of,
                                     shared_prefix_length, sliding_window, suffix_pass)
 
@@ -259,7 +259,7 @@ def _waves(groups: list[tuple[list[int], int]], ids: Sequence[Sequence[int]], si
     real = 0
     for item in order:
         padded = (len(cur) + 1) * item[0]  # sorted: this row's tokens are the pass's longest
-        if cur and (len(cur) + 1 > size or (padded > small and padded > (1 + waste) * (real + item[0]))):
+        if cur and (len(cur) + 1 > size or not little_padding(padded, real + item[0], waste, small)):
             passes.append(cur)
             cur, real = [], 0
         cur.append(item)

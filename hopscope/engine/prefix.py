@@ -177,7 +177,13 @@ def _fits(own: Sequence[int], max_tokens: int, waste: float = PASS_WASTE, small:
     """Whether rows running ``own`` tokens each fit one pass: at most ``max_tokens`` padded tokens, and
     padding adds at most ``waste`` of the real tokens to a pass of over ``small`` tokens."""
     padded = len(own) * max(own)
-    return padded <= max_tokens and (padded <= small or padded <= (1 + waste) * sum(own))
+    return padded <= max_tokens and little_padding(padded, sum(own), waste, small)
+
+
+def little_padding(padded: int, real: int, waste: float = PASS_WASTE, small: int = SMALL_PASS) -> bool:
+    """The padding bound of every batched pass: ``padded`` tokens for ``real`` ones are fine in a pass of at
+    most ``small`` tokens, or when padding adds at most ``waste`` of the real tokens."""
+    return padded <= small or padded <= (1 + waste) * real
 
 
 def _stem_rounds(missing: Sequence[tuple[int, ...]], stored) -> list[list[tuple[int, ...]]]:
