@@ -5,6 +5,8 @@ result, and the achieved share of the machine's matmul throughput measured at th
 Workloads (issue 11's targets in brackets):
   cache      cache every layer's resid_post vs one plain forward                      [<= 1.1x]
   patch      last-token patch of resid_post at each layer vs one naive forward per layer [>= 20x; beat nnsight]
+             (prompt_pass packs this short prompt into one forward; pack=False: prefix pass + staircase,
+             and the staircase alone from a cached prefix)
   backpatch  one two-hop query, every (s, t) pair x 4 conditions, 10 new tokens vs the per-pair loop
              [>= 30x without early stopping, >= 60x with it]
   knowledge  the knowledge filter over 200 three-shot queries (5 prompts each) vs the old filter: each
@@ -163,7 +165,7 @@ def report(name: str, rows: list[tuple[str, float, float | None]], baseline: flo
     for label, t, diff in rows:
         ratio = baseline / t if t else float("nan")
         d = "" if diff is None else f"  max|diff| {diff:.1e}"
-        print(f"  {label:<44} {t * 1e3:10.1f} ms  {ratio:7.1f}x{d}")
+        print(f"  {label:<56} {t * 1e3:10.1f} ms  {ratio:7.1f}x{d}")
 
 
 # ---- workloads --------------------------------------------------------------------------------------------
@@ -251,13 +253,22 @@ def bench_patch(lm, repeats: int) -> None:
     def batched():
         return run(lm, [corrupt] * len(rows), rows, last_only=True, share_prefix=False).logits
 
-    def fast():
-        clear_prefix_cache()  # count the prefix pass in every repeat
+    def fast():  # a short prompt: the prompt and the rows' last columns run packed in one forward
         return prompt_pass(lm, corrupt, rows).logits
+
+    def two_forwards():
+        clear_prefix_cache()  # count the prefix pass in every repeat
+        return prompt_pass(lm, corrupt, rows, pack=False).logits
+
+    def cached():  # the prefix stays cached between repeats
+        return prompt_pass(lm, corrupt, rows, pack=False).logits
 
     t_naive, ref = timed(naive, repeats)
     out = [("naive: one full forward per layer", t_naive, 0.0)]
-    for label, fn in (("hopscope batched run (full prompt)", batched), ("hopscope prompt_pass (prefix + staircase)", fast)):
+    for label, fn in (("hopscope batched run (full prompt)", batched),
+                      ("hopscope prompt_pass, packed (prefix + rows, 1 forward)", fast),
+                      ("hopscope prompt_pass, pack=False (prefix pass, staircase)", two_forwards),
+                      ("hopscope prompt_pass, pack=False, prefix cached (staircase)", cached)):
         t, got = timed(fn, repeats)
         out.append((label, t, (got - ref).abs().max().item()))
     for label, make in (("nnsight: prefix KV + batched trace", _peer_patch_nnsight),

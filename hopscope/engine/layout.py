@@ -9,7 +9,7 @@ The forward itself computes the ``width`` columns after the prefix. A plain left
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -35,6 +35,11 @@ class Layout:
         """``rows`` copies of one prompt of ``length`` tokens, recomputed from position ``start``."""
         return cls([length] * rows, [0] * rows, start, length - start)
 
+    @classmethod
+    def packed(cls, rows: int, length: int) -> "PackedLayout":
+        """``rows`` copies of one prompt packed into one sequence (see :class:`PackedLayout`)."""
+        return PackedLayout([length] * rows, [0] * rows, 0, length + rows, [length + r for r in range(rows)])
+
     def key_column(self, row: int, p: int) -> int:
         return p if p < self.prefix else p + self.pads[row]
 
@@ -58,6 +63,31 @@ class Layout:
         """Key columns of every real token of ``row`` (prefix and suffix, no padding)."""
         n = self.lengths[row]
         return [self.key_column(row, p) for p in range(n)]
+
+
+@dataclass
+class PackedLayout(Layout):
+    """One sequence holding the prompt once and then one more column per row: every row shares the prompt's
+    columns ``0 .. n-2`` and has its own last position at column ``last[row]`` (the prompt's own last
+    column ``n-1`` is the clean row). The attention mask (:func:`packed_mask`) lets each row's column see
+    the shared columns and itself only, so it computes exactly what that row alone would."""
+
+    last: list[int] = field(default_factory=list)
+
+    def key_column(self, row: int, p: int) -> int:
+        return self.last[row] if p == self.lengths[row] - 1 else p
+
+
+def packed_mask(length: int, rows: int, device=None) -> torch.Tensor:
+    """Boolean ``[1, 1, q, k]`` mask (True = may attend) of :meth:`Layout.packed`: causal over the prompt's
+    ``length`` columns; each of the ``rows`` columns after them sees columns ``0 .. length-2`` and itself."""
+    w = length + rows
+    mask = torch.zeros(w, w, dtype=torch.bool, device=device)
+    mask[:length, :length] = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    mask[length:, :length - 1] = True
+    idx = torch.arange(length, w, device=device)
+    mask[idx, idx] = True
+    return mask[None, None]
 
 
 def tails_after_prefixes(ids: Sequence[Sequence[int]], own: Sequence[int],

@@ -6,6 +6,12 @@ Beyond that, a row whose interventions all sit at layers ``>= t`` computes exact
 computes below block ``t``. So the pass runs one clean *carrier* row from the first block, and each row
 joins the batch at the input of its own first block as a copy of the carrier (the staircase); rows without
 interventions join at the final norm. Blocks below ``t`` are never recomputed for a row patched at ``t``.
+
+A short prompt whose rows all act at the last position runs *packed* (:func:`packs` says when): one
+forward instead of the prefix pass and the staircase, holding the prompt once and then one more column per
+row at the last position, under a mask that lets each such column see the prompt's first ``n-1`` columns
+and itself (:func:`hopscope.engine.layout.packed_mask`). Each forward reads every weight once, so for a few
+rows this costs little more than the prompt alone.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ import torch
 from hopscope.engine import kv
 from hopscope.engine.hooks import Staircase, join_layer
 from hopscope.engine.interventions import Intervention
-from hopscope.engine.layout import Layout
-from hopscope.engine.prefix import STORE
+from hopscope.engine.layout import Layout, packed_mask
+from hopscope.engine.prefix import SMALL_PASS, STORE
 from hopscope.engine.runner import RunResult, forward, rows_of
-from hopscope.engine.sites import first_position
+from hopscope.engine.sites import first_position, normalise_site
 
 if TYPE_CHECKING:
     from hopscope.models.loaded import LoadedModel
@@ -29,6 +35,29 @@ if TYPE_CHECKING:
 def _staircase_allowed(rows: Sequence[Sequence[Intervention]]) -> bool:
     """Batch-mean ablation needs every row present at its layer, so it runs without the staircase."""
     return not any(iv.op == "mean" and iv.value is None for r in rows for iv in r)
+
+
+def packs(lm: "LoadedModel", ids: Sequence[int], start: int, rows: Sequence[Sequence[Intervention]],
+          keep_cache: bool = False) -> bool:
+    """Whether a pass of ``rows`` over ``ids`` runs packed (one forward; see the module text).
+
+    It needs the rows acting at the last position only (``start = n-1``), reading no attention pattern and no
+    batch means, no per-row cache kept, and a model without sliding windows (the packed mask is one causal
+    mask). It never depends on what the prefix store holds, so which path gives a result (and its last bits)
+    does not depend on what ran before (a resumed run equals an uninterrupted one). Against two forwards
+    (the prefix pass, then the staircase) packing saves one pass over the weights; against the staircase
+    alone from a cached prefix it computes extra columns (the prompt's first ``n-1`` and each row's below its
+    first intervention), bounded here: at most ``SMALL_PASS / 2`` per block, and no more blocks computed
+    below the rows' first interventions than they need.
+    """
+    n = len(ids)
+    if keep_cache or start != n - 1 or n < 2 or not _staircase_allowed(rows) or kv.sliding_window(lm) is not None:
+        return False
+    if any(normalise_site(iv.site, lm).component == "attn_pattern" for r in rows for iv in r):
+        return False
+    layers = lm.n_layers
+    below = sum(join_layer(lm, r) for r in rows)
+    return (n - 1) * layers + below <= SMALL_PASS // 2 * layers and below <= len(rows) * layers - below
 
 
 def plan_staircase(lm: "LoadedModel", rows: Sequence[Sequence[Intervention]]) -> tuple[list[int], Staircase]:
@@ -57,13 +86,15 @@ def prompt_pass(
     keep_cache: bool = False,
     batch_size: int = 256,
     staircase: bool = True,
+    pack: bool = True,
 ) -> RunResult:
     """Last-position logits ``[rows, vocab]`` of ``prompt``, one row per list of interventions.
 
     Positions before ``start`` (negative: from the end) are shared through a cached prefix; interventions
     must act at positions ``>= start`` (knockouts may block any keys). ``staircase=False`` runs every row
     through every block (the reference the staircase is tested against). ``keep_cache`` returns the KV cache
-    of the whole prompt for every row (for decoding on; rows are then not chunked).
+    of the whole prompt for every row (for decoding on; rows are then not chunked). ``pack=False`` never
+    runs the packed single forward (an uncached prefix then runs in its own pass before the staircase).
     """
     ids = lm.to_ids(prompt)
     if not ids:
@@ -81,8 +112,9 @@ def prompt_pass(
                 raise ValueError(f"{iv.op} at {iv.site} acts before position {s}, which this pass does not recompute "
                                  f"(start={start}); use an earlier start")
     if keep_cache or len(rows) <= batch_size:
-        return _chunk(lm, ids, s, rows, keep_cache, staircase)
-    parts = [_chunk(lm, ids, s, rows[i:i + batch_size], False, staircase) for i in range(0, len(rows), batch_size)]
+        return _chunk(lm, ids, s, rows, keep_cache, staircase, pack)
+    parts = [_chunk(lm, ids, s, rows[i:i + batch_size], False, staircase, pack)
+             for i in range(0, len(rows), batch_size)]
     return RunResult(torch.cat([p.logits for p in parts]), [c for p in parts for c in p.cache])
 
 
@@ -93,9 +125,11 @@ def run_last_position(lm: "LoadedModel", prompt: str, interventions: Sequence[Se
 
 
 def _chunk(lm: "LoadedModel", ids: list[int], s: int, rows: list[list[Intervention]], keep_cache: bool,
-           staircase: bool) -> RunResult:
+           staircase: bool, pack: bool) -> RunResult:
     n, r = len(ids), len(rows)
     dev = lm.device
+    if staircase and pack and packs(lm, ids, s, rows, keep_cache):
+        return _packed(lm, ids, rows)
     stair = staircase and _staircase_allowed(rows)
     if stair:
         index, plan = plan_staircase(lm, rows)
@@ -116,3 +150,14 @@ def _chunk(lm: "LoadedModel", ids: list[int], s: int, rows: list[list[Interventi
     if keep_cache and stair:
         cache = kv.complete(cache, r + 1, order)
     return RunResult(logits, session.cache, None, cache if keep_cache else None)
+
+
+def _packed(lm: "LoadedModel", ids: list[int], rows: list[list[Intervention]]) -> RunResult:
+    """The prompt and one last-position column per row in one forward (the prefix store is not used)."""
+    n, r = len(ids), len(rows)
+    dev = lm.device
+    input_ids = torch.tensor([ids + [ids[-1]] * r], dtype=torch.long, device=dev)
+    positions = torch.tensor([list(range(n)) + [n - 1] * r], dtype=torch.long, device=dev)
+    logits, _, session = forward(lm, input_ids, packed_mask(n, r, dev), positions, rows, Layout.packed(r, n),
+                                 last_only=r, index=[0] * r)
+    return RunResult(logits[0].float(), session.cache)

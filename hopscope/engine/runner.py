@@ -88,9 +88,10 @@ def ensure_attention(lm: "LoadedModel") -> None:
 
 def forward(lm: "LoadedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             position_ids: torch.Tensor, interventions: Sequence[Sequence[Intervention]], layout: Layout, *,
-            record: Iterable[tuple[str, int]] = (), past=None, use_cache: bool = False, last_only: bool = False,
+            record: Iterable[tuple[str, int]] = (), past=None, use_cache: bool = False, last_only: bool | int = False,
             index: list[int] | None = None, staircase: Staircase | None = None):
-    """One hooked forward; returns (logits, KV cache or None, HookSession)."""
+    """One hooked forward; returns (logits, KV cache or None, HookSession). ``last_only``: logits of the last
+    column only (an int ``k``: of the last ``k`` columns)."""
     ensure_attention(lm)
     layout.width = input_ids.shape[1]
     session = HookSession(lm, interventions, layout, record, index=index, staircase=staircase)
@@ -99,7 +100,7 @@ def forward(lm: "LoadedModel", input_ids: torch.Tensor, attention_mask: torch.Te
         session.prepare(max(rows, input_ids.shape[0]), input_ids.shape[1], layout.prefix + input_ids.shape[1],
                         input_ids.device)
         out = call_model(lm.model, past=past, input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=position_ids, use_cache=use_cache, logits_to_keep=1 if last_only else 0)
+                         position_ids=position_ids, use_cache=use_cache, logits_to_keep=int(last_only))
     logits = out.logits if out.logits.device == input_ids.device else out.logits.to(input_ids.device)  # split models
     return logits, (output_cache(out) if use_cache else None), session
 

@@ -7,6 +7,8 @@
 - The prefix store runs nested shared stems shortest first, so each shared token is computed once.
 - Rows without interventions run from the longest prefix any other row shares with them, and equal each
   prompt run alone.
+- A packed prompt pass (an uncached prefix and one last-position column per row, in one forward) equals the
+  full pass and the two-forward path, keeps the prefix's exact cache, and runs only where its rule allows.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import sys
 import torch
 from transformers.cache_utils import DynamicCache
 
-from hopscope.engine import generate, kv, run
-from hopscope.engine.prefix import MIN_REUSE, PrefixStore, _stem_rounds
+from hopscope.engine import Site, add, cache, generate, knockout, kv, prompt_pass, replace, run, scale
+from hopscope.engine.passes import packs
+from hopscope.engine.prefix import MIN_REUSE, SMALL_PASS, STORE, PrefixStore, _stem_rounds
 
 TOL = 1e-4
 FEW_SHOT = "Q: Where is the Colosseum? A: Rome.\nQ: Where is Big Ben? A: London.\nQ: "
@@ -179,3 +182,76 @@ def test_passes_pack_rows_by_their_own_length_and_lose_none():
     assert prefix_module._fits([1, small // 2], 4096)  # small passes are never split for padding
     assert not prefix_module._fits([1] * 3 + [small], 4096)  # a larger one is, beyond the bound
     assert not prefix_module._fits([40] * 103, 4096)  # nor made larger than max_tokens
+
+
+PATCHED = "The Eiffel Tower is located in the city of"
+
+
+def _last_position_rows(lm, seed=0):
+    """Rows acting at the last position only: a patch at each layer, an add, a head edit, a read, a clean row."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [[replace(Site(l, "resid_post", -1), torch.randn(lm.d_model, generator=g))] for l in range(lm.n_layers)]
+    rows += [[add(Site(l, "attn_out", -1), torch.randn(lm.d_model, generator=g))] for l in range(lm.n_layers)]
+    rows += [[scale(Site(0, "head_out", -1, head=1), 0.0)], [cache(Site(1, "resid_post", -1))], []]
+    return rows
+
+
+def _count_model_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    for name in ("hopscope.engine.runner", "hopscope.engine.prefix"):
+        module = sys.modules[name]
+        real = module.call_model
+
+        def counted(*args, _real=real, **kwargs):
+            calls[0] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(module, "call_model", counted)
+    return calls
+
+
+def test_packed_pass_equals_the_full_pass_in_one_forward(tiny_model, monkeypatch):
+    lm = tiny_model
+    rows = _last_position_rows(lm)
+    ids = lm.to_ids(PATCHED)
+    full = run(lm, [PATCHED] * len(rows), rows, last_only=True, share_prefix=False)
+    read = Site(1, "resid_post", -1)
+    STORE.clear()
+    two = prompt_pass(lm, PATCHED, rows, pack=False)  # prefix pass, then the staircase
+    STORE.clear()
+    calls = _count_model_calls(monkeypatch)
+    packed = packs(lm, ids, len(ids) - 1, rows)
+    got = prompt_pass(lm, PATCHED, rows)
+    assert packed == (kv.sliding_window(lm) is None)  # every family without sliding windows packs
+    assert calls[0] == (1 if packed else 2)
+    for res in (got, two):
+        assert (res.logits - full.logits).abs().max().item() <= TOL
+        assert (res.cache[-2][read] - full.cache[-2][read]).abs().max().item() <= TOL
+    assert (full.logits[:-2] - full.logits[-1]).abs().amax(-1).min().item() > 1e-4  # the edited rows do differ
+    # what the prefix store holds never changes the path, so never a bit of the result
+    STORE.get(lm, ids[:-1])
+    calls[0] = 0
+    again = prompt_pass(lm, PATCHED, rows)
+    assert calls[0] == 1 and torch.equal(again.logits, got.logits)  # packed, or the staircase from the store
+    if packed:
+        assert len(STORE) == 1  # the packed pass neither stores nor reads a prefix
+
+
+def test_packing_runs_only_where_its_rule_allows(tiny_llama):
+    lm = tiny_llama
+    layers = lm.n_layers
+    ids = lm.to_ids(PATCHED)
+    s = len(ids) - 1
+    rows = _last_position_rows(lm)
+    assert packs(lm, ids, s, rows)
+    assert not packs(lm, ids, s, rows, keep_cache=True)  # decoding on needs each row's own cache
+    assert not packs(lm, ids, s - 1, rows)  # interventions before the last position
+    assert not packs(lm, ids, s, rows + [[knockout(layers - 1, keys=(-3, -1), query=-1)]])  # patterns
+    # rows joining late: the packed pass would compute more blocks below them than they need
+    late = [[replace(Site(layers - 1, "resid_post", -1), torch.zeros(lm.d_model))]]
+    early = [[replace(Site(0, "resid_post", -1), torch.zeros(lm.d_model))]]
+    assert not packs(lm, ids, s, late * 4)
+    assert packs(lm, ids, s, late * 4 + early * 8)  # below 8 * 2 = 16 <= needed 4 * 1 + 8 * 3 = 28
+    # a prompt and rows whose extra columns exceed SMALL_PASS / 2 per block
+    assert packs(lm, ids, s, early * 200)  # rows that join at block 0 add no columns below their block
+    long_ids = ids * (SMALL_PASS // len(ids) + 1)
+    assert len(long_ids) - 1 > SMALL_PASS // 2 and not packs(lm, long_ids, len(long_ids) - 1, early)
