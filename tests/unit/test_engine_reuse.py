@@ -7,8 +7,9 @@
 - The prefix store runs nested shared stems shortest first, so each shared token is computed once.
 - Rows without interventions run from the longest prefix any other row shares with them, and equal each
   prompt run alone.
-- A packed prompt pass (an uncached prefix and one last-position column per row, in one forward) equals the
-  full pass and the two-forward path, keeps the prefix's exact cache, and runs only where its rule allows.
+- A packed prompt pass (the prompt and one last-position column per row, in one forward) equals the full
+  pass and the two-forward path, gives the same bits whatever the prefix store holds, and runs only where
+  its rule allows.
 """
 
 from __future__ import annotations
@@ -250,8 +251,8 @@ def test_packing_runs_only_where_its_rule_allows(tiny_llama):
     late = [[replace(Site(layers - 1, "resid_post", -1), torch.zeros(lm.d_model))]]
     early = [[replace(Site(0, "resid_post", -1), torch.zeros(lm.d_model))]]
     assert not packs(lm, ids, s, late * 4)
-    assert packs(lm, ids, s, late * 4 + early * 8)  # below 8 * 2 = 16 <= needed 4 * 1 + 8 * 3 = 28
-    # a prompt and rows whose extra columns exceed SMALL_PASS / 2 per block
+    assert packs(lm, ids, s, late * 4 + early * 8)  # below 4 * 2 = 8 <= needed 4 * 1 + 8 * 3 = 28
     assert packs(lm, ids, s, early * 200)  # rows that join at block 0 add no columns below their block
+    # a prompt whose own extra columns exceed SMALL_PASS / 2 per block
     long_ids = ids * (SMALL_PASS // len(ids) + 1)
     assert len(long_ids) - 1 > SMALL_PASS // 2 and not packs(lm, long_ids, len(long_ids) - 1, early)
