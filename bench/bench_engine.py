@@ -6,12 +6,14 @@ Workloads (issue 11's targets in brackets):
   cache      cache every layer's resid_post vs one plain forward                      [<= 1.1x]
   patch      last-token patch of resid_post at each layer vs one naive forward per layer [>= 20x; beat nnsight]
              (prompt_pass packs this short prompt into one forward; pack=False: prefix pass + staircase,
-             and the staircase alone from a cached prefix)
+             and the staircase alone from a cached prefix). The ways are timed in turns, once each per round.
   backpatch  one two-hop query, every (s, t) pair x 4 conditions, 10 new tokens vs the per-pair loop
              [>= 30x without early stopping, >= 60x with it]
   knowledge  the knowledge filter over 200 three-shot queries (5 prompts each) vs the old filter: each
              distinct prompt running its own few-shot prefix, left-padded batches of 32  [>= 4x]
   (the decode loops of backpatch and knowledge should reach >= 30% of the matmul throughput)
+Within a workload the ways are timed in turns (one warm-up round, then one call of each per round), so a
+drift of the machine's speed reaches all of them alike.
 
     python bench/bench_engine.py                      # everything, default model
     python bench/bench_engine.py --only patch,cache   # some workloads
@@ -54,6 +56,19 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
+
+
+def timed_together(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, object]]:
+    """Median wall time of each function, timed in turns (one call of each per round, after one warm-up
+    round), so that a drift of the machine's speed during the run reaches every one of them alike."""
+    outs = {name: fn() for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: (statistics.median(times[name]), outs[name]) for name in fns}
 
 
 def matmul_gflops(lm, rows: int = 256) -> float:
@@ -172,10 +187,10 @@ def report(name: str, rows: list[tuple[str, float, float | None]], baseline: flo
 def bench_cache(lm, repeats: int) -> None:
     prompt = "The Eiffel Tower is located in the city of Paris, which is the capital of"
     ids = torch.tensor([lm.to_ids(prompt)])
-    t_plain, _ = timed(lambda: run(lm, [prompt]), repeats)
-    t_cache, _ = timed(lambda: run_with_cache(lm, [prompt], components=("resid_post",)), repeats)
-    with torch.no_grad():
-        t_hf, _ = timed(lambda: lm.model(input_ids=ids), repeats)
+    timings = timed_together({"plain": lambda: run(lm, [prompt]),
+                              "cache": lambda: run_with_cache(lm, [prompt], components=("resid_post",)),
+                              "hf": lambda: lm.model(input_ids=ids)}, repeats)
+    (t_plain, _), (t_cache, _), (t_hf, _) = timings["plain"], timings["cache"], timings["hf"]
     report("cache every resid_post", [("plain forward (HF)", t_hf, None), ("hopscope run, no cache", t_plain, None),
                                        ("hopscope run_with_cache(resid_post)", t_cache, None)], t_hf,
            f"cost of caching: {t_cache / t_hf:.2f}x one plain forward (target <= 1.1x)")
@@ -263,22 +278,22 @@ def bench_patch(lm, repeats: int) -> None:
     def cached():  # the prefix stays cached between repeats
         return prompt_pass(lm, corrupt, rows, pack=False).logits
 
-    t_naive, ref = timed(naive, repeats)
-    out = [("naive: one full forward per layer", t_naive, 0.0)]
-    for label, fn in (("hopscope batched run (full prompt)", batched),
-                      ("hopscope prompt_pass, packed (prefix + rows, 1 forward)", fast),
-                      ("hopscope prompt_pass, pack=False (prefix pass, staircase)", two_forwards),
-                      ("hopscope prompt_pass, pack=False, prefix cached (staircase)", cached)):
-        t, got = timed(fn, repeats)
-        out.append((label, t, (got - ref).abs().max().item()))
+    fns = {"naive: one full forward per layer": naive,
+           "hopscope batched run (full prompt)": batched,
+           "hopscope prompt_pass, packed (prefix + rows, 1 forward)": fast,
+           "hopscope prompt_pass, pack=False (prefix pass, staircase)": two_forwards,
+           "hopscope prompt_pass, pack=False, prefix cached (staircase)": cached}
     for label, make in (("nnsight: prefix KV + batched trace", _peer_patch_nnsight),
                         ("TransformerLens bridge: batched run_with_hooks", _peer_patch_tl)):
         try:
-            fn = make(lm, corrupt, values)
-            t, got = timed(fn, repeats)
-            out.append((label, t, (got - ref).abs().max().item()))
+            fns[label] = make(lm, corrupt, values)
+            fns[label]()
         except Exception as err:  # noqa: BLE001 - a peer missing or failing is reported, not fatal
+            fns.pop(label, None)
             print(f"  ({label}: not measured: {type(err).__name__}: {str(err)[:120]})")
+    timings = timed_together(fns, repeats)  # in turns: every way sees the same drift of the machine
+    t_naive, ref = timings["naive: one full forward per layer"]
+    out = [(label, t, (got - ref).abs().max().item()) for label, (t, got) in timings.items()]
     report(f"last-token patch at each of {lm.n_layers} layers", out, t_naive, "speed-up vs naive (target >= 20x)")
 
 
@@ -313,14 +328,16 @@ def bench_backpatch(lm, repeats: int, naive_rows: int, quick: bool) -> None:
     def naive():
         return [generate(lm, [TWO_HOP], [r], max_new_tokens=n_new, fast=False).tokens[0] for r in sample]
 
-    t_sample, ref = timed(naive, 0)
-    t_naive = t_sample * len(rows) / len(sample)
-    t_fast, gen = timed(lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new), max(1, repeats // 3))
-    t_stop, gen_s = timed(lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new, stop=stop), max(1, repeats // 3))
     start_rule = MatchRule(max_new_tokens=n_new, anywhere=False)  # the named option: an alias at the start only
     stop_start = start_rule.stopper(lm, [ALIASES] * len(rows))
-    t_start, gen_a = timed(lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new, stop=stop_start),
-                           max(1, repeats // 3))
+    timings = timed_together({  # in turns, so the naive sample and hopscope see the same machine
+        "naive": naive,
+        "fast": lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new),
+        "stop": lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new, stop=stop),
+        "start": lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new, stop=stop_start)}, max(1, repeats // 3))
+    (t_sample, ref), (t_fast, gen), (t_stop, gen_s), (t_start, gen_a) = (
+        timings[k] for k in ("naive", "fast", "stop", "start"))
+    t_naive = t_sample * len(rows) / len(sample)
     step = max(1, len(rows) // naive_rows)
     agree = sum(a == b for a, b in zip(ref, gen.tokens[::step][:len(sample)])) / len(sample)
     verdicts = [rule.matches(lm.tokenizer.decode(t), ALIASES) for t in gen.tokens]
@@ -401,9 +418,9 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
         work["naive"] = calls.counts()
         return out
 
-    t_naive, ref = timed(counted_naive, 0)
-    t_shared, got = timed(shared_only, max(0, repeats // 3))
-    t_filter, table = timed(filter_, max(0, repeats // 3))
+    timings = timed_together({"naive": counted_naive, "shared": shared_only, "filter": filter_},
+                             max(1, repeats // 3))  # in turns: each way sees the same machine
+    (t_naive, ref), (t_shared, got), (t_filter, table) = (timings[k] for k in ("naive", "shared", "filter"))
     same = sum(a == b for a, b in zip(ref, got)) / len(unique)
     by_prompt = dict(zip(unique, ref))
     texts = {p: lm.tokenizer.decode(by_prompt[p], skip_special_tokens=True) for p in unique}

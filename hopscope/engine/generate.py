@@ -116,7 +116,7 @@ def generate(
         def flush() -> None:
             if not wave:
                 return
-            group, first, cache, mask, pos = _merge(wave) if len(wave) > 1 else wave[0]
+            group, first, cache, mask, pos = _merge(wave, max_new_tokens - 1) if len(wave) > 1 else wave[0]
             _decode(lm, first, cache, mask, pos, max_new_tokens, stop, group, tokens,
                     None if step_edits is None else [step_edits[i] for i in group])
             wave.clear()
@@ -126,7 +126,8 @@ def generate(
 
         def run_plain(part: list[tuple[list[int], int]]) -> None:
             group = [i for g, _ in part for i in g]
-            first, cache, mask, pos = multi_prefix_pass(lm, [([ids[i] for i in g], p) for g, p in part])
+            first, cache, mask, pos = multi_prefix_pass(lm, [([ids[i] for i in g], p) for g, p in part],
+                                                        room=max_new_tokens - 1)
             if first_logits:
                 logits.append((group, first.cpu()))
             if sum(len(w[0]) for w in wave) + len(group) > batch_size:
@@ -235,16 +236,17 @@ def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, n
             out[row_ids[i]].append(int(t))
 
 
-def _merge(wave):
-    """One decode batch from several prompt passes: caches and masks left-padded to a common length."""
+def _merge(wave, room: int):
+    """One decode batch from several prompt passes: caches and masks left-padded to a common length, the
+    cache with ``room`` columns reserved for the decode steps."""
     width = max(m.shape[1] for _, _, _, m, _ in wave)
     caches = [c for _, _, c, _, _ in wave]
     widths = [m.shape[1] for _, _, _, m, _ in wave]
     masks = [torch.cat([torch.zeros(m.shape[0], width - m.shape[1], dtype=m.dtype, device=m.device), m], 1)
              for _, _, _, m, _ in wave]
     group = [i for g, _, _, _, _ in wave for i in g]
-    return (group, torch.cat([f for _, f, _, _, _ in wave]), kv.concat(caches, widths, width), torch.cat(masks),
-            torch.cat([p for _, _, _, _, p in wave]))
+    return (group, torch.cat([f for _, f, _, _, _ in wave]), kv.concat(caches, widths, width, room=room),
+            torch.cat(masks), torch.cat([p for _, _, _, _, p in wave]))
 
 
 def _waves(groups: list[tuple[list[int], int]], ids: Sequence[Sequence[int]], size: int,

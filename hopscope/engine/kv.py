@@ -102,6 +102,10 @@ class ReservedLayer(DynamicLayer):
             setattr(self, f"_{name}_room", buf)
             setattr(self, name, buf[..., :n, :])
 
+    def room(self) -> int:
+        """Columns still free in this layer's buffers."""
+        return self._keys_room.shape[-2] - self.keys.shape[-2]
+
     def holds_own(self) -> bool:
         """Whether ``keys``/``values`` are still the leading columns of this layer's own buffers."""
         room = getattr(self, "_keys_room", None)
@@ -129,29 +133,47 @@ class ReservedLayer(DynamicLayer):
 
 def reserve(cache: Any, extra: int) -> Any:
     """A copy of ``cache`` whose plain dynamic layers have room for ``extra`` more columns (see
-    :class:`ReservedLayer`); other layer kinds (sliding windows) are kept as they are."""
+    :class:`ReservedLayer`); other layer kinds (sliding windows) and layers that have the room already are
+    kept as they are."""
     new, live = _shallow_copy(cache)
     for _, layer in live:
-        if type(layer) is DynamicLayer and extra > 0:
+        if isinstance(layer, ReservedLayer) and layer.holds_own() and layer.room() >= extra:
+            continue
+        if type(layer) in (DynamicLayer, ReservedLayer) and extra > 0:
             layer.__class__ = ReservedLayer
             layer.reserve(extra)
     return new
 
 
-def concat(caches: Sequence[Any], widths: Sequence[int], width: int) -> Any:
-    """One cache from several (rows stacked): cache ``i`` holds ``widths[i]`` columns and is left-padded with
-    zeros to ``width`` (the caller masks the padding). Every cache must have the same layer structure."""
+def concat(caches: Sequence[Any], widths: Sequence[int], width: int, *, rows: Sequence[int] | None = None,
+           room: int = 0) -> Any:
+    """One cache from several (rows stacked), written once into a new buffer: cache ``i`` holds ``widths[i]``
+    columns and is left-padded with zeros to ``width`` (the caller masks the padding); ``rows[i]``: its rows
+    in the result (a batch-1 cache is repeated). ``room``: columns reserved after ``width`` for the next
+    updates to write in place (:class:`ReservedLayer`). Every cache must have the same layer structure."""
     new, live = _shallow_copy(caches[0])
     for i, layer in live:
         for name in ("keys", "values"):
-            parts = []
-            for c, w in zip(caches, widths):
-                t = getattr(c.layers[i], name)
-                if t.shape[-2] != w:
-                    raise ValueError(f"cache layer {i} holds {t.shape[-2]} columns, not {w}: cannot merge it")
-                pad = torch.zeros(*t.shape[:-2], width - w, t.shape[-1], dtype=t.dtype, device=t.device)
-                parts.append(torch.cat([pad, t], dim=-2))
-            setattr(layer, name, torch.cat(parts))
+            parts = [getattr(c.layers[i], name) for c in caches]
+            counts = [t.shape[0] for t in parts] if rows is None else list(rows)
+            t0 = parts[0]
+            buf = torch.empty(sum(counts), *t0.shape[1:-2], width + room, t0.shape[-1], dtype=t0.dtype,
+                              device=t0.device)  # the room is written before it is read
+            r = 0
+            for t, w, n in zip(parts, widths, counts):
+                if t.shape[-2] != w or t.shape[0] not in (1, n):
+                    raise ValueError(f"cache layer {i} holds {t.shape[0]} x {t.shape[-2]} columns, not {n} x {w}: "
+                                     f"cannot merge it")
+                buf[r:r + n, ..., :width - w, :] = 0  # masked, but never garbage (0 x NaN would leak through)
+                buf[r:r + n, ..., width - w:width, :] = t
+                r += n
+            if type(layer) in (DynamicLayer, ReservedLayer) and room > 0:
+                setattr(layer, f"_{name}_room", buf)
+                setattr(layer, name, buf[..., :width, :])
+            else:
+                setattr(layer, name, buf[..., :width, :] if room else buf)
+        if type(layer) in (DynamicLayer, ReservedLayer) and room > 0:
+            layer.__class__ = ReservedLayer
     return new
 
 

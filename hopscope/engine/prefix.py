@@ -53,8 +53,15 @@ def model_uid(model: torch.nn.Module) -> int:
 
 
 def weights_version(model: torch.nn.Module) -> tuple[int, int]:
-    """(explicit counter, sum of parameter version counters): changes whenever weights change in place."""
-    auto = sum(p._version for p in model.parameters())
+    """(explicit counter, sum of parameter version counters): changes whenever weights change in place.
+
+    The parameter slots (module, name) are listed once per model and read afresh on every call, so a
+    parameter replaced by a new tensor is read too (walking every module on each call cost ~5 ms)."""
+    slots = getattr(model, "_hopscope_parameter_slots", None)
+    if slots is None:
+        slots = [(m._parameters, name) for m in model.modules() for name in m._parameters]
+        object.__setattr__(model, "_hopscope_parameter_slots", slots)
+    auto = sum(p._version for params, name in slots if (p := params.get(name)) is not None)
     return int(getattr(model, "_hopscope_weights_version", 0)), int(auto)
 
 

@@ -116,7 +116,8 @@ def test_prompts_from_different_prefixes_run_together_as_each_alone(tiny_model, 
     prompts = [FEW_SHOT + q for q in QUESTIONS[:3]] + [other + q for q in QUESTIONS[1:]] + [PROMPT]
     calls = []
     real = gen_module.multi_prefix_pass
-    monkeypatch.setattr(gen_module, "multi_prefix_pass", lambda lm_, parts: calls.append(len(parts)) or real(lm_, parts))
+    monkeypatch.setattr(gen_module, "multi_prefix_pass",
+                        lambda lm_, parts, **kw: calls.append(len(parts)) or real(lm_, parts, **kw))
     gen = generate(lm, prompts, max_new_tokens=4, first_logits=True)
     if sliding_window(lm) is None:  # several prefix groups in one pass (PROMPT shares no prefix: it runs alone)
         assert len(calls) == 1 and calls[0] >= 2

@@ -2,7 +2,8 @@
 
 - A decode cache with reserved room (each step writes its column in place) reads exactly like one that
   grows by concatenation, through row selection (early stops) and after its room is spent; it never
-  writes into the cache it was made from (a stored prefix).
+  writes into the cache it was made from (a stored prefix); so does a cache merged from several prompts'
+  caches with room reserved.
 - Greedy generation equals the HF twin's own greedy generation, token for token.
 - The prefix store runs nested shared stems shortest first, so each shared token is computed once.
 - Rows without interventions run from the longest prefix any other row shares with them, and equal each
@@ -79,6 +80,34 @@ def test_reserved_layer_replaced_from_outside_grows_by_concatenation():
         plain.update(k, v, layer)
         reserved.update(k, v, layer)
     assert _same(plain, reserved)
+
+
+def test_merged_caches_with_room_read_like_padded_concatenation():
+    """kv.concat writes several prompt caches into one buffer (a batch-1 prefix repeated for its rows, each
+    left-padded with zeros) with room that the next updates fill in place; it reads like the padded cat."""
+    a, b = _random_cache(rows=1, n=3, seed=3), _random_cache(rows=2, n=5, seed=4)
+    kept = copy.deepcopy(a), copy.deepcopy(b)
+    merged = kv.concat([a, b], [3, 5], 6, rows=[2, 2], room=2)
+    plain = DynamicCache()
+    for layer in range(3):
+        parts = []
+        for name in ("keys", "values"):
+            ta, tb = getattr(a.layers[layer], name).expand(2, -1, -1, -1), getattr(b.layers[layer], name)
+            parts.append(torch.cat([torch.cat([torch.zeros(2, 2, 3, 4), ta], -2),
+                                    torch.cat([torch.zeros(2, 2, 1, 4), tb], -2)]))
+        plain.update(*parts, layer)
+    assert _same(plain, merged) and all(isinstance(l, kv.ReservedLayer) for l in merged.layers)
+    ptrs = [l.keys.data_ptr() for l in merged.layers]
+    g = torch.Generator().manual_seed(5)
+    for step in range(3):  # two columns in place, then concatenation
+        for layer in range(3):
+            k, v = torch.randn(4, 2, 1, 4, generator=g), torch.randn(4, 2, 1, 4, generator=g)
+            plain.update(k, v, layer)
+            merged.update(k.clone(), v.clone(), layer)
+        assert _same(plain, merged), step
+        assert ([l.keys.data_ptr() for l in merged.layers] == ptrs) == (step < 2), step
+    assert _same(a, kept[0]) and _same(b, kept[1])  # the caches it was made from are untouched
+    assert kv.reserve(kv.concat([a, b], [3, 5], 6, rows=[2, 2], room=4), 3).layers[0].room() == 4  # kept
 
 
 def test_generation_with_reserved_room_equals_concatenation(tiny_model, monkeypatch):
