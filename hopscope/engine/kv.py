@@ -99,8 +99,12 @@ class ReservedLayer(DynamicLayer):
             t = getattr(self, name)
             buf = torch.empty(*t.shape[:-2], n + extra, t.shape[-1], dtype=t.dtype, device=t.device)
             buf[..., :n, :] = t
-            setattr(self, f"_{name}_room", buf)
-            setattr(self, name, buf[..., :n, :])
+            self.hold(name, buf, n)
+
+    def hold(self, name: str, buf: torch.Tensor, n: int) -> None:
+        """Make ``buf`` the buffer of ``name`` (``"keys"``/``"values"``), its first ``n`` columns the live ones."""
+        setattr(self, f"_{name}_room", buf)
+        setattr(self, name, buf[..., :n, :])
 
     def room(self) -> int:
         """Columns still free in this layer's buffers."""
@@ -115,9 +119,7 @@ class ReservedLayer(DynamicLayer):
     def select_rows(self, rows: torch.Tensor) -> None:
         n = self.keys.shape[-2]
         for name in ("keys", "values"):
-            room = getattr(self, f"_{name}_room").index_select(0, rows.to(self.keys.device))
-            setattr(self, f"_{name}_room", room)
-            setattr(self, name, room[..., :n, :])
+            self.hold(name, getattr(self, f"_{name}_room").index_select(0, rows.to(self.keys.device)), n)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if self.is_initialized and self.holds_own():
@@ -153,12 +155,15 @@ def concat(caches: Sequence[Any], widths: Sequence[int], width: int, *, rows: Se
     updates to write in place (:class:`ReservedLayer`). Every cache must have the same layer structure."""
     new, live = _shallow_copy(caches[0])
     for i, layer in live:
+        reservable = type(layer) in (DynamicLayer, ReservedLayer) and room > 0
+        if reservable:
+            layer.__class__ = ReservedLayer
         for name in ("keys", "values"):
             parts = [getattr(c.layers[i], name) for c in caches]
             counts = [t.shape[0] for t in parts] if rows is None else list(rows)
             t0 = parts[0]
-            buf = torch.empty(sum(counts), *t0.shape[1:-2], width + room, t0.shape[-1], dtype=t0.dtype,
-                              device=t0.device)  # the room is written before it is read
+            buf = torch.empty(sum(counts), *t0.shape[1:-2], width + (room if reservable else 0), t0.shape[-1],
+                              dtype=t0.dtype, device=t0.device)  # the room is written before it is read
             r = 0
             for t, w, n in zip(parts, widths, counts):
                 if t.shape[-2] != w or t.shape[0] not in (1, n):
@@ -167,13 +172,10 @@ def concat(caches: Sequence[Any], widths: Sequence[int], width: int, *, rows: Se
                 buf[r:r + n, ..., :width - w, :] = 0  # masked, but never garbage (0 x NaN would leak through)
                 buf[r:r + n, ..., width - w:width, :] = t
                 r += n
-            if type(layer) in (DynamicLayer, ReservedLayer) and room > 0:
-                setattr(layer, f"_{name}_room", buf)
-                setattr(layer, name, buf[..., :width, :])
+            if reservable:
+                layer.hold(name, buf, width)
             else:
-                setattr(layer, name, buf[..., :width, :] if room else buf)
-        if type(layer) in (DynamicLayer, ReservedLayer) and room > 0:
-            layer.__class__ = ReservedLayer
+                setattr(layer, name, buf)
     return new
 
 
