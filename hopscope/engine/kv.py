@@ -133,6 +133,12 @@ class ReservedLayer(DynamicLayer):
         return super().update(key_states, value_states, *args, **kwargs)
 
 
+def _takes_room(layer: Any, extra: int) -> bool:
+    """Whether ``layer`` can hold ``extra`` reserved columns: a plain or reserved dynamic layer (not a sliding
+    window), and ``extra > 0``."""
+    return type(layer) in (DynamicLayer, ReservedLayer) and extra > 0
+
+
 def reserve(cache: Any, extra: int) -> Any:
     """A copy of ``cache`` whose plain dynamic layers have room for ``extra`` more columns (see
     :class:`ReservedLayer`); other layer kinds (sliding windows) and layers that have the room already are
@@ -141,7 +147,7 @@ def reserve(cache: Any, extra: int) -> Any:
     for _, layer in live:
         if isinstance(layer, ReservedLayer) and layer.holds_own() and layer.room() >= extra:
             continue
-        if type(layer) in (DynamicLayer, ReservedLayer) and extra > 0:
+        if _takes_room(layer, extra):
             layer.__class__ = ReservedLayer
             layer.reserve(extra)
     return new
@@ -155,7 +161,7 @@ def concat(caches: Sequence[Any], widths: Sequence[int], width: int, *, rows: Se
     updates to write in place (:class:`ReservedLayer`). Every cache must have the same layer structure."""
     new, live = _shallow_copy(caches[0])
     for i, layer in live:
-        reservable = type(layer) in (DynamicLayer, ReservedLayer) and room > 0
+        reservable = _takes_room(layer, room)
         if reservable:
             layer.__class__ = ReservedLayer
         for name in ("keys", "values"):
