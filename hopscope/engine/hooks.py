@@ -36,6 +36,19 @@ class Staircase:
 
 
 @dataclass
+class ColumnStaircase:
+    """The staircase of a packed pass (one sequence): row columns join the sequence late. The input of block
+    ``l`` holds its first ``widths[l]`` columns; the columns added there are copies of column ``carrier`` (the
+    prompt's last position, which computes what every row computes below its first intervention); the final
+    norm gets all ``total`` columns. The blocks' other inputs of ``total`` columns (the attention mask, the
+    rotary embeddings, the position ids) are cut to each block's width."""
+
+    widths: list[int]  # columns at the input of each block (len n_layers)
+    total: int
+    carrier: int
+
+
+@dataclass
 class HookSession:
     """Context manager that installs the hooks one batch needs and collects what it reads."""
 
@@ -44,7 +57,7 @@ class HookSession:
     layout: Layout
     record: Iterable[tuple[str, int]] = ()
     index: list[int] | None = None
-    staircase: Staircase | None = None
+    staircase: Staircase | ColumnStaircase | None = None
     cache: list[dict[Site, torch.Tensor]] = field(init=False)
     acts: dict[tuple[str, int], torch.Tensor] = field(init=False)
 
@@ -70,7 +83,13 @@ class HookSession:
         ad = self.lm.adapter
         keys = set(self._by_key) | self._record
         reg = self._handles.append
-        if self.staircase is not None:
+        if isinstance(self.staircase, ColumnStaircase):
+            st = self.staircase
+            for layer, width in enumerate(st.widths):
+                reg(ad.blocks[layer].register_forward_pre_hook(_columns(width, st.total, st.carrier),
+                                                               with_kwargs=True))
+            reg(ad.final_norm.register_forward_pre_hook(_columns(st.total, st.total, st.carrier), with_kwargs=True))
+        elif self.staircase is not None:
             for layer, n in sorted(self.staircase.adds.items()):
                 module = ad.final_norm if layer == self.lm.n_layers else ad.blocks[layer]
                 reg(module.register_forward_pre_hook(_widen(n), with_kwargs=True))
@@ -352,6 +371,41 @@ def _widen(n: int):
         kwargs["hidden_states"] = hs
         return args, kwargs
     return hook
+
+
+def _columns(width: int, total: int, carrier: int):
+    """Block pre-hook of a :class:`ColumnStaircase`: the hidden states cut or extended (copies of column
+    ``carrier``) to ``width`` columns, and every other input laid out over ``total`` columns cut to it."""
+    def hook(module, args, kwargs):
+        hs = args[0] if args else kwargs["hidden_states"]
+        w = hs.shape[1]
+        if w > width:
+            hs = hs[:, :width]
+        elif w < width:
+            hs = torch.cat([hs, hs[:, carrier:carrier + 1].expand(-1, width - w, -1)], 1)
+        rest = tuple(_cut_columns(a, total, width) for a in args[1:])
+        kwargs = {k: (v if k == "hidden_states" else _cut_columns(v, total, width)) for k, v in kwargs.items()}
+        if args:
+            return (hs, *rest), kwargs
+        kwargs["hidden_states"] = hs
+        return rest, kwargs
+    return hook
+
+
+def _cut_columns(x, total: int, width: int):
+    """``x`` laid out over ``total`` sequence columns, cut to the first ``width``: a ``[.., q, k]`` mask, rotary
+    ``(cos, sin)`` of ``[b, seq, d]``, position ids ``[b, seq]`` or ``[seq]``; anything else unchanged."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(_cut_columns(v, total, width) for v in x)
+    if not isinstance(x, torch.Tensor) or total == width:
+        return x
+    if x.dim() == 4 and x.shape[-1] == total and x.shape[-2] == total:
+        return x[..., :width, :width]
+    if x.dim() == 3 and x.shape[1] == total:
+        return x[:, :width]
+    if x.dim() in (1, 2) and x.shape[-1] == total:
+        return x[..., :width]
+    return x
 
 
 def _nonempty(keys) -> bool:

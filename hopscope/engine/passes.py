@@ -10,8 +10,9 @@ interventions join at the final norm. Blocks below ``t`` are never recomputed fo
 A short prompt whose rows all act at the last position runs *packed* (:func:`packs` says when): one
 forward instead of the prefix pass and the staircase, holding the prompt once and then one more column per
 row at the last position, under a mask that lets each such column see the prompt's first ``n-1`` columns
-and itself (:func:`hopscope.engine.layout.packed_mask`). Each forward reads every weight once, so for a few
-rows this costs little more than the prompt alone.
+and itself (:func:`hopscope.engine.layout.packed_mask`). The staircase holds there too, along the sequence:
+a row's column joins at the input of its first block as a copy of the prompt's last column. Each forward
+reads every weight once, so for a few rows this costs little more than the prompt alone.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from hopscope.engine import kv
-from hopscope.engine.hooks import Staircase, join_layer
+from hopscope.engine.hooks import ColumnStaircase, Staircase, join_layer
 from hopscope.engine.interventions import Intervention
-from hopscope.engine.layout import Layout, packed_mask
+from hopscope.engine.layout import Layout, PackedLayout, packed_mask
 from hopscope.engine.prefix import SMALL_PASS, STORE
 from hopscope.engine.runner import RunResult, forward, rows_of
 from hopscope.engine.sites import first_position, normalise_site
@@ -44,20 +45,18 @@ def packs(lm: "LoadedModel", ids: Sequence[int], start: int, rows: Sequence[Sequ
     It needs the rows acting at the last position only (``start = n-1``), reading no attention pattern and no
     batch means, no per-row cache kept, and a model without sliding windows (the packed mask is one causal
     mask). It never depends on what the prefix store holds, so which path gives a result (and its last bits)
-    does not depend on what ran before (a resumed run equals an uninterrupted one). Against two forwards
-    (the prefix pass, then the staircase) packing saves one pass over the weights; against the staircase
-    alone from a cached prefix it computes extra columns (the prompt's first ``n-1`` and each row's below its
-    first intervention), bounded here: at most ``SMALL_PASS / 2`` per block, and no more blocks computed
-    below the rows' first interventions than they need.
+    does not depend on what ran before (a resumed run equals an uninterrupted one). Each row's column joins
+    the sequence at its first block (:class:`~hopscope.engine.hooks.ColumnStaircase`), so no block below it
+    runs for it. Against two forwards (the prefix pass, then the staircase) packing saves one pass over the
+    weights; against the staircase alone from a cached prefix it computes the prompt's first ``n-1`` columns
+    again at every block, bounded here: at most ``SMALL_PASS / 2``.
     """
     n = len(ids)
     if keep_cache or start != n - 1 or n < 2 or not _staircase_allowed(rows) or kv.sliding_window(lm) is not None:
         return False
     if any(normalise_site(iv.site, lm).component == "attn_pattern" for r in rows for iv in r):
         return False
-    layers = lm.n_layers
-    below = sum(join_layer(lm, r) for r in rows)
-    return (n - 1) * layers + below <= SMALL_PASS // 2 * layers and below <= len(rows) * layers - below
+    return n - 1 <= SMALL_PASS // 2
 
 
 def plan_staircase(lm: "LoadedModel", rows: Sequence[Sequence[Intervention]]) -> tuple[list[int], Staircase]:
@@ -153,11 +152,19 @@ def _chunk(lm: "LoadedModel", ids: list[int], s: int, rows: list[list[Interventi
 
 
 def _packed(lm: "LoadedModel", ids: list[int], rows: list[list[Intervention]]) -> RunResult:
-    """The prompt and one last-position column per row in one forward (the prefix store is not used)."""
+    """The prompt and one last-position column per row in one forward (the prefix store is not used). The
+    row columns are ordered by their first block and join the sequence there (a :class:`ColumnStaircase`)."""
     n, r = len(ids), len(rows)
     dev = lm.device
+    joins = [join_layer(lm, x) for x in rows]
+    order = sorted(range(r), key=joins.__getitem__)
+    slot = [0] * r
+    for k, i in enumerate(order):
+        slot[i] = k
+    widths = [n + sum(j <= layer for j in joins) for layer in range(lm.n_layers)]
     input_ids = torch.tensor([ids + [ids[-1]] * r], dtype=torch.long, device=dev)
     positions = torch.tensor([list(range(n)) + [n - 1] * r], dtype=torch.long, device=dev)
-    logits, _, session = forward(lm, input_ids, packed_mask(n, r, dev), positions, rows, Layout.packed(r, n),
-                                 last_only=r, index=[0] * r)
-    return RunResult(logits[0].float(), session.cache)
+    layout = PackedLayout([n] * r, [0] * r, 0, n + r, [n + slot[i] for i in range(r)])
+    logits, _, session = forward(lm, input_ids, packed_mask(n, r, dev), positions, rows, layout,
+                                 last_only=r, index=[0] * r, staircase=ColumnStaircase(widths, n + r, n - 1))
+    return RunResult(logits[0].float()[torch.tensor(slot, device=logits.device)], session.cache)

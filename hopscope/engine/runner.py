@@ -10,7 +10,7 @@ import torch
 from hopscope.engine import kv
 from hopscope.engine.compat import call_model, output_cache
 from hopscope.engine.kv import sliding_window
-from hopscope.engine.hooks import HookSession, Staircase
+from hopscope.engine.hooks import ColumnStaircase, HookSession, Staircase
 from hopscope.engine.interventions import Intervention
 from hopscope.engine.layout import Layout, tails_after_prefixes
 from hopscope.engine.prefix import STORE, common_prefix
@@ -89,7 +89,7 @@ def ensure_attention(lm: "LoadedModel") -> None:
 def forward(lm: "LoadedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             position_ids: torch.Tensor, interventions: Sequence[Sequence[Intervention]], layout: Layout, *,
             record: Iterable[tuple[str, int]] = (), past=None, use_cache: bool = False, last_only: bool | int = False,
-            index: list[int] | None = None, staircase: Staircase | None = None):
+            index: list[int] | None = None, staircase: Staircase | ColumnStaircase | None = None):
     """One hooked forward; returns (logits, KV cache or None, HookSession). ``last_only``: logits of the last
     column only (an int ``k``: of the last ``k`` columns)."""
     ensure_attention(lm)

@@ -266,6 +266,38 @@ def test_packed_pass_equals_the_full_pass_in_one_forward(tiny_model, monkeypatch
         assert len(STORE) == 1  # the packed pass neither stores nor reads a prefix
 
 
+def test_packed_columns_join_the_sequence_at_their_first_block(tiny_llama):
+    """Block ``l`` of a packed pass sees the prompt and the columns of the rows whose first intervention is at
+    a block ``<= l``; the final norm sees every row; and the result equals the full pass."""
+    lm = tiny_llama
+    layers = lm.n_layers
+    g = torch.Generator().manual_seed(3)
+    firsts = [layers - 1, 0, None, 1, 0, layers - 1]  # None: a clean row
+    rows = [[] if l is None else [add(Site(l, "resid_post" if k % 2 else "attn_out", -1),
+                                      torch.randn(lm.d_model, generator=g))] for k, l in enumerate(firsts)]
+    n = len(lm.to_ids(PATCHED))
+    seen: dict[int, int] = {}
+    modules = list(lm.adapter.blocks) + [lm.adapter.final_norm]
+
+    def width(k):
+        def hook(module, args, out):
+            seen[k] = (out[0] if isinstance(out, tuple) else out).shape[1]
+        return hook
+    handles = [m.register_forward_hook(width(k)) for k, m in enumerate(modules)]
+    try:
+        got = prompt_pass(lm, PATCHED, rows)
+    finally:
+        for h in handles:
+            h.remove()
+    # a block's output has the columns of its input, which the engine's pre-hook set
+    want = {l: n + sum(f is not None and f <= l for f in firsts) for l in range(layers)}
+    want[layers] = n + len(rows)
+    assert seen == want
+    full = run(lm, [PATCHED] * len(rows), rows, last_only=True, share_prefix=False)
+    assert (got.logits - full.logits).abs().max().item() <= TOL
+    assert (full.logits[0] - full.logits[2]).abs().max().item() > 1e-4  # a row edited at the last block differs
+
+
 def test_packing_runs_only_where_its_rule_allows(tiny_llama):
     lm = tiny_llama
     layers = lm.n_layers
@@ -276,12 +308,10 @@ def test_packing_runs_only_where_its_rule_allows(tiny_llama):
     assert not packs(lm, ids, s, rows, keep_cache=True)  # decoding on needs each row's own cache
     assert not packs(lm, ids, s - 1, rows)  # interventions before the last position
     assert not packs(lm, ids, s, rows + [[knockout(layers - 1, keys=(-3, -1), query=-1)]])  # patterns
-    # rows joining late: the packed pass would compute more blocks below them than they need
+    # rows joining late pack too: their columns join the sequence at their own block
     late = [[replace(Site(layers - 1, "resid_post", -1), torch.zeros(lm.d_model))]]
     early = [[replace(Site(0, "resid_post", -1), torch.zeros(lm.d_model))]]
-    assert not packs(lm, ids, s, late * 4)
-    assert packs(lm, ids, s, late * 4 + early * 8)  # below 4 * 2 = 8 <= needed 4 * 1 + 8 * 3 = 28
-    assert packs(lm, ids, s, early * 200)  # rows that join at block 0 add no columns below their block
+    assert packs(lm, ids, s, late * 4) and packs(lm, ids, s, early * 200)
     # a prompt whose own extra columns exceed SMALL_PASS / 2 per block
     long_ids = ids * (SMALL_PASS // len(ids) + 1)
     assert len(long_ids) - 1 > SMALL_PASS // 2 and not packs(lm, long_ids, len(long_ids) - 1, early)
