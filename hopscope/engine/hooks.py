@@ -206,7 +206,11 @@ class HookSession:
 
     def _shaped(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` as ``[batch, cols, d]`` (OPT runs its MLP on flattened ``[batch * cols, d]``)."""
-        return t if t.dim() == 3 else t.view(-1, self.layout.width, t.shape[-1])
+        if t.dim() == 3:
+            return t
+        if isinstance(self.staircase, ColumnStaircase):  # one sequence whose width changes from block to block
+            return t.view(1, -1, t.shape[-1])
+        return t.view(-1, self.layout.width, t.shape[-1])
 
     # -- hooks --------------------------------------------------------------------------------
     def _block_pre_hook(self, layer: int):

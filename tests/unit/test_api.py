@@ -246,7 +246,7 @@ def test_hook_names_mean_what_transformer_lens_means(tiny_model, tiny_hf, tiny_h
 def test_hook_names_work_in_every_intervention(tiny_llama):
     lm = tiny_llama
     _, acts = hopscope.run_with_cache(lm, PROMPT, components=("resid_post",))
-    v = acts["resid_post", 0][0, -1]
+    v = acts["resid_post", 0][0, 0]  # the first position's: at the last one, replacing resid_pre 1 would be a self-patch
     pairs = []
     for pattern, comp in HOOK_NAMES.items():
         if comp == "attn_pattern":
