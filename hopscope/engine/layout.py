@@ -36,9 +36,11 @@ class Layout:
         return cls([length] * rows, [0] * rows, start, length - start)
 
     @classmethod
-    def packed(cls, rows: int, length: int) -> "PackedLayout":
-        """``rows`` copies of one prompt packed into one sequence (see :class:`PackedLayout`)."""
-        return PackedLayout([length] * rows, [0] * rows, 0, length + rows, [length + r for r in range(rows)])
+    def packed(cls, rows: int, length: int, slots: Sequence[int] | None = None) -> "PackedLayout":
+        """``rows`` copies of one prompt packed into one sequence (see :class:`PackedLayout`); row ``r``'s last
+        position is the ``slots[r]``-th column after the prompt (default: the ``r``-th)."""
+        slots = range(rows) if slots is None else slots
+        return PackedLayout([length] * rows, [0] * rows, 0, length + rows, [length + k for k in slots])
 
     def key_column(self, row: int, p: int) -> int:
         return p if p < self.prefix else p + self.pads[row]

@@ -24,7 +24,7 @@ import torch
 from hopscope.engine import kv
 from hopscope.engine.hooks import ColumnStaircase, Staircase, join_layer
 from hopscope.engine.interventions import Intervention
-from hopscope.engine.layout import Layout, PackedLayout, packed_mask
+from hopscope.engine.layout import Layout, packed_mask
 from hopscope.engine.prefix import SMALL_PASS, STORE
 from hopscope.engine.runner import RunResult, forward, rows_of
 from hopscope.engine.sites import first_position, normalise_site
@@ -156,15 +156,11 @@ def _packed(lm: "LoadedModel", ids: list[int], rows: list[list[Intervention]]) -
     row columns are ordered by their first block and join the sequence there (a :class:`ColumnStaircase`)."""
     n, r = len(ids), len(rows)
     dev = lm.device
-    joins = [join_layer(lm, x) for x in rows]
-    order = sorted(range(r), key=joins.__getitem__)
-    slot = [0] * r
-    for k, i in enumerate(order):
-        slot[i] = k
-    widths = [n + sum(j <= layer for j in joins) for layer in range(lm.n_layers)]
+    index, plan = plan_staircase(lm, rows)  # the batch staircase's plan: its carrier row is column n-1 here
+    slot = [i - 1 for i in index]
+    widths = [n - 1 + size for size in plan.sizes]
     input_ids = torch.tensor([ids + [ids[-1]] * r], dtype=torch.long, device=dev)
     positions = torch.tensor([list(range(n)) + [n - 1] * r], dtype=torch.long, device=dev)
-    layout = PackedLayout([n] * r, [0] * r, 0, n + r, [n + slot[i] for i in range(r)])
-    logits, _, session = forward(lm, input_ids, packed_mask(n, r, dev), positions, rows, layout,
+    logits, _, session = forward(lm, input_ids, packed_mask(n, r, dev), positions, rows, Layout.packed(r, n, slot),
                                  last_only=r, index=[0] * r, staircase=ColumnStaircase(widths, n + r, n - 1))
     return RunResult(logits[0].float()[torch.tensor(slot, device=logits.device)], session.cache)
