@@ -29,6 +29,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -107,36 +108,61 @@ def token_flops(lm, context: int) -> float:
 
 
 class DecodeLoop:
-    """Wall time spent inside the engine's decode loop (``generate._decode``) and the tokens its steps make
-    (each row's first new token comes from the prompt pass, not from a step), while the block runs."""
+    """Wall time spent inside the engine's decode loop (``generate._decode``), the tokens its steps make
+    (each row's first new token comes from the prompt pass, not from a step), and the work its steps do:
+    a step shared among rows of one token history (``hopscope.engine.history``) runs each block for its
+    units only, so its FLOPs are counted per block from the units it ran, not per row."""
 
-    def __init__(self) -> None:
+    def __init__(self, lm, context: float) -> None:
+        self.lm, self.context = lm, context
         self.seconds = 0.0
         self.tokens = 0
+        self.flops = 0.0  # what the steps computed
+        self.full = 0.0  # what they would have computed one row at a time
 
     def __enter__(self) -> "DecodeLoop":
         import sys
 
         self.module = sys.modules["hopscope.engine.generate"]
         self.real = real = self.module._decode
+        self.real_plan = real_plan = self.module.plan_units
+        lm = self.lm
+        unembed = 2 * lm.model.get_output_embeddings().weight.numel()
+        per_block = (token_flops(lm, self.context) - unembed) / lm.n_layers
 
-        def timed_decode(lm, first, cache, mask, next_pos, max_new_tokens, stop, row_ids, out, edits):
+        def timed_decode(lm, first, cache, mask, next_pos, max_new_tokens, stop, row_ids, out, edits, **kw):
             before = sum(len(out[i]) for i in row_ids)
             t = time.perf_counter()
-            real(lm, first, cache, mask, next_pos, max_new_tokens, stop, row_ids, out, edits)
+            real(lm, first, cache, mask, next_pos, max_new_tokens, stop, row_ids, out, edits, **kw)
             self.seconds += time.perf_counter() - t
-            self.tokens += sum(len(out[i]) for i in row_ids) - before - len(row_ids)
+            made = sum(len(out[i]) for i in row_ids) - before - len(row_ids)
+            self.tokens += made
+            self.full += made * token_flops(lm, self.context)
+            self.flops += made * token_flops(lm, self.context) - self._saved
+            self._saved = 0.0
 
+        def counted_plan(histories, joins, n_layers, device="cpu"):
+            units = real_plan(histories, joins, n_layers, device)
+            if units is not None:
+                rows = len(joins)
+                self._saved += sum((rows - r.numel()) * per_block for r in units.rep[:-1])
+                self._saved += (rows - units.rep[-1].numel()) * unembed
+            return units
+
+        self._saved = 0.0
         self.module._decode = timed_decode
+        self.module.plan_units = counted_plan
         return self
 
     def __exit__(self, *exc) -> None:
         self.module._decode = self.real
+        self.module.plan_units = self.real_plan
 
-    def share(self, lm, context: float, peak: float) -> str:
-        rate = self.tokens * token_flops(lm, context) / self.seconds / 1e9 if self.seconds else float("nan")
-        return (f"decode loop alone: {self.tokens} step tokens in {self.seconds:.1f} s, {rate:.1f} GFLOP/s = "
-                f"{rate / peak:.0%} of the matmul peak {peak:.1f} GFLOP/s (target >= 30%)")
+    def share(self, peak: float) -> str:
+        rate = self.flops / self.seconds / 1e9 if self.seconds else float("nan")
+        return (f"decode loop alone: {self.tokens} step tokens in {self.seconds:.1f} s, {rate:.1f} GFLOP/s computed "
+                f"= {rate / peak:.0%} of the matmul peak {peak:.1f} GFLOP/s (target >= 30%); steps shared among rows "
+                f"of one token history computed {self.flops / self.full:.0%} of the one-row-at-a-time work")
 
 
 class ModelCalls:
@@ -330,13 +356,23 @@ def bench_backpatch(lm, repeats: int, naive_rows: int, quick: bool) -> None:
 
     start_rule = MatchRule(max_new_tokens=n_new, anywhere=False)  # the named option: an alias at the start only
     stop_start = start_rule.stopper(lm, [ALIASES] * len(rows))
+    gen_module = sys.modules["hopscope.engine.generate"]
+
+    def unshared():  # the same, each decode step running every row through every block
+        gen_module.SHARE_HISTORIES = False
+        try:
+            return generate(lm, TWO_HOP, rows, max_new_tokens=n_new)
+        finally:
+            gen_module.SHARE_HISTORIES = True
+
     timings = timed_together({  # in turns, so the naive sample and hopscope see the same machine
         "naive": naive,
         "fast": lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new),
+        "unshared": unshared,
         "stop": lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new, stop=stop),
         "start": lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new, stop=stop_start)}, max(1, repeats // 3))
-    (t_sample, ref), (t_fast, gen), (t_stop, gen_s), (t_start, gen_a) = (
-        timings[k] for k in ("naive", "fast", "stop", "start"))
+    (t_sample, ref), (t_fast, gen), (t_unshared, gen_u), (t_stop, gen_s), (t_start, gen_a) = (
+        timings[k] for k in ("naive", "fast", "unshared", "stop", "start"))
     t_naive = t_sample * len(rows) / len(sample)
     step = max(1, len(rows) // naive_rows)
     agree = sum(a == b for a, b in zip(ref, gen.tokens[::step][:len(sample)])) / len(sample)
@@ -347,24 +383,27 @@ def bench_backpatch(lm, repeats: int, naive_rows: int, quick: bool) -> None:
     peak = matmul_gflops(lm)
     report(f"back-patching one query: {len(rows)} rows ({len(layers)} layers, 4 conditions), {n_new} new tokens",
            [(f"naive per-pair loop (timed on {len(sample)} rows, scaled)", t_naive, None),
-            ("hopscope generate (shared prefix, staircase)", t_fast, None),
+            ("hopscope generate (shared prefix, staircase, shared decode steps)", t_fast, None),
+            ("  ... decode steps not shared (every row through every block)", t_unshared, None),
             ("hopscope generate + early stopping (paper's rule)", t_stop, None),
             ("  ... early stopping, alias-at-start rule (option)", t_start, None)], t_naive,
            "targets: >= 30x, >= 60x with early stopping")
     verdicts_a = [start_rule.matches(lm.tokenizer.decode(t), ALIASES) for t in gen.tokens]
     verdicts_as = [start_rule.matches(lm.tokenizer.decode(t), ALIASES) for t in gen_a.tokens]
-    print(f"  identical generations on the naive sample: {agree:.0%}; early stopping changes "
+    print(f"  identical generations on the naive sample: {agree:.0%}; with and without shared decode steps: "
+          f"{sum(a == b for a, b in zip(gen.tokens, gen_u.tokens))} of {len(rows)} rows; early stopping changes "
           f"{sum(a != b for a, b in zip(verdicts, verdicts_s))} of {len(rows)} verdicts (paper's rule), "
           f"{sum(a != b for a, b in zip(verdicts_a, verdicts_as))} (start rule)")
     print(f"  tokens decoded: {sum(map(len, gen.tokens))} without stopping, {sum(map(len, gen_s.tokens))} with the "
           f"paper's rule (an alias anywhere: a row stops only once it matched), {sum(map(len, gen_a.tokens))} "
           f"with the start rule")
-    print(f"  throughput of the whole generate without stopping (prompt pass included): "
-          f"{flops / t_fast / 1e9:.1f} GFLOP/s = {flops / t_fast / 1e9 / peak:.0%} of the measured matmul peak "
-          f"{peak:.1f} GFLOP/s")
-    with DecodeLoop() as loop:
+    with DecodeLoop(lm, n_prompt + n_new / 2) as loop:
         generate(lm, TWO_HOP, rows, max_new_tokens=n_new)
-    print(f"  {loop.share(lm, n_prompt + n_new / 2, peak)}")
+    done = flops - (loop.full - loop.flops)  # the work the shared decode steps did not need
+    print(f"  throughput of the whole generate without stopping (prompt pass included, work computed): "
+          f"{done / t_fast / 1e9:.1f} GFLOP/s = {done / t_fast / 1e9 / peak:.0%} of the measured matmul peak "
+          f"{peak:.1f} GFLOP/s")
+    print(f"  {loop.share(peak)}")
 
 
 def bench_knowledge(lm, repeats: int, quick: bool) -> None:
@@ -472,9 +511,9 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
     print(f"  throughput of the whole generate without early stop (prompt passes included, generated tokens' work "
           f"only): {flops / t_shared / 1e9:.1f} GFLOP/s = {flops / t_shared / 1e9 / peak:.0%} of the matmul peak")
     clear_prefix_cache()
-    with DecodeLoop() as loop:
+    with DecodeLoop(lm, mean_len + n_new / 2) as loop:
         generate(lm, unique, max_new_tokens=n_new, first_logits=True)
-    print(f"  {loop.share(lm, mean_len + n_new / 2, peak)}")
+    print(f"  {loop.share(peak)}")
 
 
 def main() -> None:

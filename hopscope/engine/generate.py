@@ -14,6 +14,8 @@ import torch
 
 from hopscope.engine import kv
 from hopscope.engine.compat import call_model, output_cache
+from hopscope.engine.history import can_share, plan_units, shared_step
+from hopscope.engine.hooks import join_layer
 from hopscope.engine.interventions import Intervention
 from hopscope.engine.layout import Layout
 from hopscope.engine.sites import Site
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from hopscope.models.loaded import LoadedModel
 
 Stop = Callable[[int, list[int]], bool]
+SHARE_HISTORIES = True  # decode steps share blocks among rows with one token history (False: the reference)
 
 
 @dataclass
@@ -104,7 +107,8 @@ def generate(
             res = prompt_pass(lm, prompts, [rows[i] for i in chunk], start=start, keep_cache=True)
             mask = torch.ones((len(chunk), n), dtype=torch.long, device=lm.device)
             pos = torch.full((len(chunk),), n, dtype=torch.long, device=lm.device)
-            _decode(lm, res.logits, res.past_key_values, mask, pos, max_new_tokens, stop, chunk, tokens, None)
+            _decode(lm, res.logits, res.past_key_values, mask, pos, max_new_tokens, stop, chunk, tokens, None,
+                    joins=[join_layer(lm, rows[i]) for i in chunk] if SHARE_HISTORIES else None)
             if first_logits:
                 logits.append(res.logits.cpu())
     else:
@@ -202,13 +206,16 @@ def _everywhere(iv: Intervention, position) -> Intervention:
 
 def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, next_pos: torch.Tensor,
             max_new_tokens: int, stop: Stop | None, row_ids: Sequence[int], out: list[list[int]],
-            edits: list[list[Intervention]] | None) -> None:
+            edits: list[list[Intervention]] | None, joins: Sequence[int] | None = None) -> None:
     """Greedy continuation from a prompt cache into ``out[row_ids[i]]``; stopped rows leave the batch.
-    ``edits[i]`` act on each new token of row ``i``."""
+    ``edits[i]`` act on each new token of row ``i``. ``joins[i]``: row ``i``'s first intervened block, for rows
+    of one prompt: rows with one token history then share the blocks below their joins
+    (:mod:`hopscope.engine.history`)."""
     tok = first.argmax(-1)
     cache = kv.reserve(cache, max_new_tokens - 1)  # each step writes its column in place
     live = list(range(len(row_ids)))
     padded = bool((mask == 0).any())  # without padding the model needs no mask: every new token sees everything
+    share = joins is not None and edits is None and not padded and can_share(lm, cache)
     for i, t in zip(live, tok.tolist()):
         out[row_ids[i]].append(int(t))
     for _ in range(max_new_tokens - 1):
@@ -222,7 +229,12 @@ def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, n
                 tok, mask, next_pos = tok[idx], mask[idx], next_pos[idx]
                 live = [live[j] for j in keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        if edits is None:
+        units = plan_units([tuple(out[row_ids[i]]) for i in live], [joins[i] for i in live], lm.n_layers,
+                           tok.device) if share else None
+        if units is not None:
+            last, cache = shared_step(lm, cache, tok, next_pos, units)
+            logits = last[:, None]
+        elif edits is None:
             step = call_model(lm.model, past=cache, input_ids=tok[:, None], attention_mask=mask if padded else None,
                               position_ids=next_pos[:, None], use_cache=True, logits_to_keep=1)
             logits, cache = step.logits, output_cache(step)

@@ -396,6 +396,49 @@ def _columns(width: int, total: int, carrier: int):
     return hook
 
 
+@contextlib.contextmanager
+def unit_hooks(lm: "LoadedModel", grow: Sequence[torch.Tensor | None], sizes: Sequence[int]):
+    """Block pre-hooks of a shared decode step (:mod:`hopscope.engine.history`): at block ``b`` (the final
+    norm at ``b == n_layers``) the hidden states hold ``sizes[b]`` rows, one per unit, ``grow[b]`` picking
+    each unit's row of the previous block (None: the same units). The blocks' other batch-shaped inputs
+    (rotary embeddings, position ids, a mask) come with the step's ``sizes[0]`` input rows, all equal: they
+    are widened to each block's rows."""
+    ad = lm.adapter
+    handles = []
+    try:
+        for b, (g, m) in enumerate(zip(grow, sizes)):
+            if g is not None or m != sizes[0]:
+                module = ad.final_norm if b == lm.n_layers else ad.blocks[b]
+                handles.append(module.register_forward_pre_hook(_units(g, sizes[0], m), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _units(grow: torch.Tensor | None, first: int, rows: int):
+    def hook(module, args, kwargs):
+        hs = args[0] if args else kwargs["hidden_states"]
+        if grow is not None:
+            hs = hs.index_select(0, grow.to(hs.device))
+        rest = tuple(_widen_rows(a, first, rows) for a in args[1:])
+        kwargs = {k: (v if k == "hidden_states" else _widen_rows(v, first, rows)) for k, v in kwargs.items()}
+        if args:
+            return (hs, *rest), kwargs
+        kwargs["hidden_states"] = hs
+        return rest, kwargs
+    return hook
+
+
+def _widen_rows(x, first: int, rows: int):
+    """A batch-shaped input of ``first`` equal rows (at least 2-d) as ``rows`` rows; anything else unchanged."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(_widen_rows(v, first, rows) for v in x)
+    if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == first and first != rows:
+        return x[:1].expand(rows, *x.shape[1:])
+    return x
+
+
 def _cut_columns(x, total: int, width: int):
     """``x`` laid out over ``total`` sequence columns, cut to the first ``width``: a ``[.., q, k]`` mask, rotary
     ``(cos, sin)`` of ``[b, seq, d]``, position ids ``[b, seq]`` or ``[seq]``; anything else unchanged."""
