@@ -117,8 +117,8 @@ class DecodeLoop:
         self.lm, self.context = lm, context
         self.seconds = 0.0
         self.tokens = 0
-        self.flops = 0.0  # what the steps computed
-        self.full = 0.0  # what they would have computed one row at a time
+        self.full = 0.0  # FLOPs of the steps' tokens computed one row at a time
+        self.saved = 0.0  # FLOPs the shared steps did not compute
 
     def __enter__(self) -> "DecodeLoop":
         import sys
@@ -138,18 +138,15 @@ class DecodeLoop:
             made = sum(len(out[i]) for i in row_ids) - before - len(row_ids)
             self.tokens += made
             self.full += made * token_flops(lm, self.context)
-            self.flops += made * token_flops(lm, self.context) - self._saved
-            self._saved = 0.0
 
         def counted_plan(histories, joins, n_layers, device="cpu"):
             units = real_plan(histories, joins, n_layers, device)
             if units is not None:
                 rows = len(joins)
-                self._saved += sum((rows - r.numel()) * per_block for r in units.rep[:-1])
-                self._saved += (rows - units.rep[-1].numel()) * unembed
+                self.saved += sum((rows - r.numel()) * per_block for r in units.rep[:-1])
+                self.saved += (rows - units.rep[-1].numel()) * unembed
             return units
 
-        self._saved = 0.0
         self.module._decode = timed_decode
         self.module.plan_units = counted_plan
         return self
@@ -157,6 +154,11 @@ class DecodeLoop:
     def __exit__(self, *exc) -> None:
         self.module._decode = self.real
         self.module.plan_units = self.real_plan
+
+    @property
+    def flops(self) -> float:
+        """FLOPs the steps computed."""
+        return self.full - self.saved
 
     def share(self, peak: float) -> str:
         rate = self.flops / self.seconds / 1e9 if self.seconds else float("nan")
@@ -399,7 +401,7 @@ def bench_backpatch(lm, repeats: int, naive_rows: int, quick: bool) -> None:
           f"with the start rule")
     with DecodeLoop(lm, n_prompt + n_new / 2) as loop:
         generate(lm, TWO_HOP, rows, max_new_tokens=n_new)
-    done = flops - (loop.full - loop.flops)  # the work the shared decode steps did not need
+    done = flops - loop.saved  # the work the shared decode steps did not need
     print(f"  throughput of the whole generate without stopping (prompt pass included, work computed): "
           f"{done / t_fast / 1e9:.1f} GFLOP/s = {done / t_fast / 1e9 / peak:.0%} of the measured matmul peak "
           f"{peak:.1f} GFLOP/s")

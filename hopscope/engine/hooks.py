@@ -380,15 +380,23 @@ def _widen(n: int):
 def _columns(width: int, total: int, carrier: int):
     """Block pre-hook of a :class:`ColumnStaircase`: the hidden states cut or extended (copies of column
     ``carrier``) to ``width`` columns, and every other input laid out over ``total`` columns cut to it."""
-    def hook(module, args, kwargs):
-        hs = args[0] if args else kwargs["hidden_states"]
+    def hidden(hs):
         w = hs.shape[1]
         if w > width:
-            hs = hs[:, :width]
-        elif w < width:
-            hs = torch.cat([hs, hs[:, carrier:carrier + 1].expand(-1, width - w, -1)], 1)
-        rest = tuple(_cut_columns(a, total, width) for a in args[1:])
-        kwargs = {k: (v if k == "hidden_states" else _cut_columns(v, total, width)) for k, v in kwargs.items()}
+            return hs[:, :width]
+        if w < width:
+            return torch.cat([hs, hs[:, carrier:carrier + 1].expand(-1, width - w, -1)], 1)
+        return hs
+    return _block_inputs(hidden, lambda x: _cut_columns(x, total, width))
+
+
+def _block_inputs(hidden, other):
+    """A block pre-hook (with kwargs) that maps the hidden states through ``hidden`` and every other input
+    through ``other``."""
+    def hook(module, args, kwargs):
+        hs = hidden(args[0] if args else kwargs["hidden_states"])
+        rest = tuple(other(a) for a in args[1:])
+        kwargs = {k: (v if k == "hidden_states" else other(v)) for k, v in kwargs.items()}
         if args:
             return (hs, *rest), kwargs
         kwargs["hidden_states"] = hs
@@ -417,17 +425,9 @@ def unit_hooks(lm: "LoadedModel", grow: Sequence[torch.Tensor | None], sizes: Se
 
 
 def _units(grow: torch.Tensor | None, first: int, rows: int):
-    def hook(module, args, kwargs):
-        hs = args[0] if args else kwargs["hidden_states"]
-        if grow is not None:
-            hs = hs.index_select(0, grow.to(hs.device))
-        rest = tuple(_widen_rows(a, first, rows) for a in args[1:])
-        kwargs = {k: (v if k == "hidden_states" else _widen_rows(v, first, rows)) for k, v in kwargs.items()}
-        if args:
-            return (hs, *rest), kwargs
-        kwargs["hidden_states"] = hs
-        return rest, kwargs
-    return hook
+    def hidden(hs):
+        return hs if grow is None else hs.index_select(0, grow.to(hs.device))
+    return _block_inputs(hidden, lambda x: _widen_rows(x, first, rows))
 
 
 def _widen_rows(x, first: int, rows: int):

@@ -126,8 +126,15 @@ class ReservedLayer(DynamicLayer):
             self.hold(name, getattr(self, f"_{name}_room").index_select(0, rows.to(self.keys.device)), n)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if self.units is not None:
-            return self._unit_update(key_states, value_states)
+        if self.units is None:
+            return self._update(key_states, value_states, *args, **kwargs)
+        of_row, rep = self.units  # a shared step: one new column per unit, for every row of the unit
+        keys, values = self._update(key_states.index_select(0, of_row.to(key_states.device)),
+                                    value_states.index_select(0, of_row.to(value_states.device)), *args, **kwargs)
+        rows = rep.to(keys.device)
+        return keys.index_select(0, rows), values.index_select(0, rows)
+
+    def _update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if self.is_initialized and self.holds_own():
             n, q = self.keys.shape[-2], key_states.shape[-2]
             if n + q <= self._keys_room.shape[-2] and key_states.shape[0] == self.keys.shape[0]:
@@ -137,19 +144,6 @@ class ReservedLayer(DynamicLayer):
                 self.values = self._values_room[..., :n + q, :]
                 return self.keys, self.values
         return super().update(key_states, value_states, *args, **kwargs)
-
-
-    def _unit_update(self, key_states: torch.Tensor, value_states: torch.Tensor):
-        of_row, rep = self.units
-        n, q = self.keys.shape[-2], key_states.shape[-2]
-        if not (self.is_initialized and self.holds_own() and n + q <= self._keys_room.shape[-2]):
-            raise RuntimeError("a shared decode step needs a reserved layer with room for its column")
-        self._keys_room[..., n:n + q, :] = key_states.index_select(0, of_row.to(key_states.device))
-        self._values_room[..., n:n + q, :] = value_states.index_select(0, of_row.to(value_states.device))
-        self.keys = self._keys_room[..., :n + q, :]
-        self.values = self._values_room[..., :n + q, :]
-        rows = rep.to(self.keys.device)
-        return self.keys.index_select(0, rows), self.values.index_select(0, rows)
 
 
 def _takes_room(layer: Any, extra: int) -> bool:
