@@ -13,7 +13,9 @@ Workloads (issue 11's targets in brackets):
              distinct prompt running its own few-shot prefix, left-padded batches of 32  [>= 4x]
   (the decode loops of backpatch and knowledge should reach >= 30% of the matmul throughput)
 Within a workload the ways are timed in turns (one warm-up round, then one call of each per round), so a
-drift of the machine's speed reaches all of them alike.
+drift of the machine's speed reaches all of them alike. Each ratio is that of the medians over the rounds
+(cache and patch: --repeats rounds; backpatch and knowledge: max(2, repeats // 2)), followed by the range of
+the paired per-round ratios and their number of rounds.
 
     python bench/bench_engine.py                      # everything, default model
     python bench/bench_engine.py --only patch,cache   # some workloads
@@ -59,9 +61,11 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def timed_together(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, object]]:
+def timed_together(fns: dict[str, Callable[[], object]], repeats: int,
+                   rounds: dict[str, list[float]] | None = None) -> dict[str, tuple[float, object]]:
     """Median wall time of each function, timed in turns (one call of each per round, after one warm-up
-    round), so that a drift of the machine's speed during the run reaches every one of them alike."""
+    round), so that a drift of the machine's speed during the run reaches every one of them alike.
+    ``rounds``: filled with each function's time in every round (for paired per-round ratios)."""
     outs = {name: fn() for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(max(1, repeats)):
@@ -69,7 +73,14 @@ def timed_together(fns: dict[str, Callable[[], object]], repeats: int) -> dict[s
             t = time.perf_counter()
             outs[name] = fn()
             times[name].append(time.perf_counter() - t)
+    if rounds is not None:
+        rounds.update(times)
     return {name: (statistics.median(times[name]), outs[name]) for name in fns}
+
+
+def round_ratios(rounds: dict[str, list[float]], base: str, scale: float = 1.0) -> dict[str, list[float]]:
+    """Per round, the baseline's time (times ``scale``) over each other function's time in the same round."""
+    return {name: [scale * b / t for b, t in zip(rounds[base], ts)] for name, ts in rounds.items() if name != base}
 
 
 def matmul_gflops(lm, rows: int = 256) -> float:
@@ -203,25 +214,33 @@ class ModelCalls:
         return self.passes, self.columns, self.rows, self.steps
 
 
-def report(name: str, rows: list[tuple[str, float, float | None]], baseline: float, target: str = "") -> None:
+def report(name: str, rows: list[tuple[str, float, float | None]], baseline: float, target: str = "",
+           ratios: dict[str, list[float]] | None = None) -> None:
+    """One workload's table: each way's median time and its ratio to the baseline's median; ``ratios``
+    (label -> per-round paired ratios) adds their range over the rounds and the number of rounds."""
     print(f"\n[{name}] {target}")
     for label, t, diff in rows:
         ratio = baseline / t if t else float("nan")
         d = "" if diff is None else f"  max|diff| {diff:.1e}"
-        print(f"  {label:<56} {t * 1e3:10.1f} ms  {ratio:7.1f}x{d}")
+        r = (ratios or {}).get(label)
+        spread = f"  per round {min(r):.1f}-{max(r):.1f}x (n={len(r)})" if r else ""
+        print(f"  {label:<56} {t * 1e3:10.1f} ms  {ratio:7.1f}x{spread}{d}")
 
 
 # ---- workloads --------------------------------------------------------------------------------------------
 def bench_cache(lm, repeats: int) -> None:
     prompt = "The Eiffel Tower is located in the city of Paris, which is the capital of"
     ids = torch.tensor([lm.to_ids(prompt)])
+    rounds: dict[str, list[float]] = {}
     timings = timed_together({"plain": lambda: run(lm, [prompt]),
                               "cache": lambda: run_with_cache(lm, [prompt], components=("resid_post",)),
-                              "hf": lambda: lm.model(input_ids=ids)}, repeats)
+                              "hf": lambda: lm.model(input_ids=ids)}, repeats, rounds)
     (t_plain, _), (t_cache, _), (t_hf, _) = timings["plain"], timings["cache"], timings["hf"]
+    r = round_ratios(rounds, "hf")
     report("cache every resid_post", [("plain forward (HF)", t_hf, None), ("hopscope run, no cache", t_plain, None),
                                        ("hopscope run_with_cache(resid_post)", t_cache, None)], t_hf,
-           f"cost of caching: {t_cache / t_hf:.2f}x one plain forward (target <= 1.1x)")
+           f"cost of caching: {t_cache / t_hf:.2f}x one plain forward (target <= 1.1x); per round "
+           f"{min(1 / x for x in r['cache']):.2f}-{max(1 / x for x in r['cache']):.2f}x (n={len(r['cache'])})")
 
 
 def _peer_patch_nnsight(lm, prompt: str, values: list[torch.Tensor]):
@@ -319,10 +338,12 @@ def bench_patch(lm, repeats: int) -> None:
         except Exception as err:  # noqa: BLE001 - a peer missing or failing is reported, not fatal
             fns.pop(label, None)
             print(f"  ({label}: not measured: {type(err).__name__}: {str(err)[:120]})")
-    timings = timed_together(fns, repeats)  # in turns: every way sees the same drift of the machine
+    rounds: dict[str, list[float]] = {}
+    timings = timed_together(fns, repeats, rounds)  # in turns: every way sees the same drift of the machine
     t_naive, ref = timings["naive: one full forward per layer"]
     out = [(label, t, (got - ref).abs().max().item()) for label, (t, got) in timings.items()]
-    report(f"last-token patch at each of {lm.n_layers} layers", out, t_naive, "speed-up vs naive (target >= 20x)")
+    report(f"last-token patch at each of {lm.n_layers} layers", out, t_naive, "speed-up vs naive (target >= 20x)",
+           round_ratios(rounds, "naive: one full forward per layer"))
 
 
 def _backpatch_rows(lm, prompt: str, layers: list[int], seed: int = 0) -> list[list]:
@@ -367,12 +388,14 @@ def bench_backpatch(lm, repeats: int, naive_rows: int, quick: bool) -> None:
         finally:
             gen_module.SHARE_HISTORIES = True
 
+    rounds: dict[str, list[float]] = {}
     timings = timed_together({  # in turns, so the naive sample and hopscope see the same machine
         "naive": naive,
         "fast": lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new),
         "unshared": unshared,
         "stop": lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new, stop=stop),
-        "start": lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new, stop=stop_start)}, max(1, repeats // 3))
+        "start": lambda: generate(lm, TWO_HOP, rows, max_new_tokens=n_new, stop=stop_start)},
+        max(2, repeats // 2), rounds)
     (t_sample, ref), (t_fast, gen), (t_unshared, gen_u), (t_stop, gen_s), (t_start, gen_a) = (
         timings[k] for k in ("naive", "fast", "unshared", "stop", "start"))
     t_naive = t_sample * len(rows) / len(sample)
@@ -383,13 +406,16 @@ def bench_backpatch(lm, repeats: int, naive_rows: int, quick: bool) -> None:
     n_prompt = len(lm.to_ids(TWO_HOP))
     flops = len(rows) * sum(token_flops(lm, n_prompt + i) for i in range(n_new))
     peak = matmul_gflops(lm)
+    labels = {"naive": f"naive per-pair loop (timed on {len(sample)} rows, scaled)",
+              "fast": "hopscope generate (shared prefix, staircase, shared decode steps)",
+              "unshared": "  ... decode steps not shared (every row through every block)",
+              "stop": "hopscope generate + early stopping (paper's rule)",
+              "start": "  ... early stopping, alias-at-start rule (option)"}
+    ratios = round_ratios(rounds, "naive", len(rows) / len(sample))
     report(f"back-patching one query: {len(rows)} rows ({len(layers)} layers, 4 conditions), {n_new} new tokens",
-           [(f"naive per-pair loop (timed on {len(sample)} rows, scaled)", t_naive, None),
-            ("hopscope generate (shared prefix, staircase, shared decode steps)", t_fast, None),
-            ("  ... decode steps not shared (every row through every block)", t_unshared, None),
-            ("hopscope generate + early stopping (paper's rule)", t_stop, None),
-            ("  ... early stopping, alias-at-start rule (option)", t_start, None)], t_naive,
-           "targets: >= 30x, >= 60x with early stopping")
+           [(labels[k], t, None) for k, t in (("naive", t_naive), ("fast", t_fast), ("unshared", t_unshared),
+                                               ("stop", t_stop), ("start", t_start))], t_naive,
+           "targets: >= 30x, >= 60x with early stopping", {labels[k]: v for k, v in ratios.items()})
     verdicts_a = [start_rule.matches(lm.tokenizer.decode(t), ALIASES) for t in gen.tokens]
     verdicts_as = [start_rule.matches(lm.tokenizer.decode(t), ALIASES) for t in gen_a.tokens]
     print(f"  identical generations on the naive sample: {agree:.0%}; with and without shared decode steps: "
@@ -459,8 +485,9 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
         work["naive"] = calls.counts()
         return out
 
+    rounds: dict[str, list[float]] = {}
     timings = timed_together({"naive": counted_naive, "shared": shared_only, "filter": filter_},
-                             max(1, repeats // 3))  # in turns: each way sees the same machine
+                             max(2, repeats // 2), rounds)  # in turns: each way sees the same machine
     (t_naive, ref), (t_shared, got), (t_filter, table) = (timings[k] for k in ("naive", "shared", "filter"))
     same = sum(a == b for a, b in zip(ref, got)) / len(unique)
     by_prompt = dict(zip(unique, ref))
@@ -479,11 +506,14 @@ def bench_knowledge(lm, repeats: int, quick: bool) -> None:
     trie = len({tuple(x[:i]) for x in ids for i in range(1, len(x) + 1)})
     flops = len(unique) * sum(token_flops(lm, mean_len + i) for i in range(n_new))
     peak = matmul_gflops(lm)
+    labels = {"naive": "old way: each prompt its own prefix (batches of 32)",
+              "shared": "hopscope generate, shared prefixes, no early stop",
+              "filter": "hopscope knowledge filter (shared prefixes + early stop)"}
+    ratios = round_ratios(rounds, "naive")
     report(f"knowledge filter: {len(queries)} queries x 5 three-shot prompts ({len(unique)} distinct), "
            f"{n_new} new tokens",
-           [("old way: each prompt its own prefix (batches of 32)", t_naive, None),
-            ("hopscope generate, shared prefixes, no early stop", t_shared, None),
-            ("hopscope knowledge filter (shared prefixes + early stop)", t_filter, None)], t_naive, "target >= 4x")
+           [(labels[k], t, None) for k, t in (("naive", t_naive), ("shared", t_shared), ("filter", t_filter))],
+           t_naive, "target >= 4x", {labels[k]: v for k, v in ratios.items()})
     print(f"  identical generations (no early stop): {same:.1%} of {len(unique)} prompts; verdicts of the filter equal "
           f"the old way's on {agree:.1%} of {len(ref_verdicts)} prompt-answer pairs; "
           f"{len(prompts) / t_filter:.1f} prompts/s")

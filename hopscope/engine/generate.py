@@ -128,15 +128,23 @@ def generate(
         mergeable = sliding_window(lm) is None  # sliding-window caches keep one length per layer: no merging
         plain: list[tuple[list[int], int]] = []  # groups without interventions: they run together at the end
 
-        def run_plain(part: list[tuple[list[int], int]]) -> None:
-            group = [i for g, _ in part for i in g]
-            first, cache, mask, pos = multi_prefix_pass(lm, [([ids[i] for i in g], p) for g, p in part],
-                                                        room=max_new_tokens - 1)
-            if first_logits:
-                logits.append((group, first.cpu()))
-            if sum(len(w[0]) for w in wave) + len(group) > batch_size:
-                flush()
-            wave.append((group, first, cache, mask, pos))
+        def run_plain(batch: list[list[tuple[list[int], int]]]) -> None:
+            """One decode batch of passes from cached prefixes, each pass writing into the batch's buffers."""
+            widths = [max(p for _, p in part) + max(len(ids[i]) - p for g, p in part for i in g) for part in batch]
+            width, room = max(widths), max_new_tokens - 1
+            buffers = kv.BatchBuffers(sum(len(g) for part in batch for g, _ in part), width + room)
+            group, firsts, masks, positions, cache = [], [], [], [], None
+            for part in batch:
+                rows_ = [i for g, _ in part for i in g]
+                first, cache, mask, pos = multi_prefix_pass(lm, [([ids[i] for i in g], p) for g, p in part],
+                                                            room=room, into=(buffers, len(group)))
+                if first_logits:
+                    logits.append((rows_, first.cpu()))
+                pad = torch.zeros(mask.shape[0], width - mask.shape[1], dtype=mask.dtype, device=mask.device)
+                group += rows_
+                firsts.append(first), masks.append(torch.cat([pad, mask], 1)), positions.append(pos)
+            _decode(lm, torch.cat(firsts), buffers.cache(cache, width), torch.cat(masks), torch.cat(positions),
+                    max_new_tokens, stop, group, tokens, None)
 
         if fast and mergeable:  # rows without interventions: each from the longest prefix another row shares
             plain, rest = _shared_stems([i for i in range(n_rows) if not rows[i]], ids, batch_size)
@@ -169,9 +177,8 @@ def generate(
         flush()
         if plain:  # every prefix first, batched, each shared stem once
             STORE.warm(lm, [ids[g[0]][:p] for g, p in plain])
-        for part in _waves(plain, ids, batch_size):
-            run_plain(part)
-        flush()
+        for batch in _decode_batches(_waves(plain, ids, batch_size), batch_size):
+            run_plain(batch)
     out_logits = None
     if first_logits:
         if shared and fast:
@@ -224,10 +231,11 @@ def _decode(lm: "LoadedModel", first: torch.Tensor, cache, mask: torch.Tensor, n
             if len(keep) < len(live):
                 if not keep:
                     return
-                idx = torch.tensor(keep, dtype=torch.long, device=tok.device)
+                order = kv.compacting_order(keep, len(live))  # only rows beyond the kept count move
+                idx = torch.tensor(order, dtype=torch.long, device=tok.device)
                 cache = kv.select(cache, idx)
                 tok, mask, next_pos = tok[idx], mask[idx], next_pos[idx]
-                live = [live[j] for j in keep]
+                live = [live[j] for j in order]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         units = plan_units([tuple(out[row_ids[i]]) for i in live], [joins[i] for i in live], lm.n_layers,
                            tok.device) if share else None
@@ -287,6 +295,21 @@ def _waves(groups: list[tuple[list[int], int]], ids: Sequence[Sequence[int]], si
             parts.setdefault(k, []).append(i)
         waves.append([(members, groups[k][1]) for k, members in parts.items()])
     return waves
+
+
+def _decode_batches(waves: list[list[tuple[list[int], int]]], size: int) -> list[list[list[tuple[list[int], int]]]]:
+    """Consecutive passes (lists of parts ``(rows, p)``) gathered into decode batches of at most ``size`` rows
+    (a pass of more rows decodes alone)."""
+    batches: list[list[list[tuple[list[int], int]]]] = []
+    rows = 0
+    for part in waves:
+        n = sum(len(g) for g, _ in part)
+        if not batches or rows + n > size:
+            batches.append([])
+            rows = 0
+        batches[-1].append(part)
+        rows += n
+    return batches
 
 
 def _chunks(n: int, size: int) -> list[list[int]]:

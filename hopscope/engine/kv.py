@@ -74,6 +74,17 @@ def complete(cache: Any, total: int, order: torch.Tensor) -> Any:
     return cache
 
 
+def compacting_order(keep: Sequence[int], n: int) -> list[int]:
+    """An order of the kept rows ``keep`` (ascending, out of ``n``) that :func:`select` applies in place on
+    reserved layers: a kept row among the first ``len(keep)`` stays where it is, and the kept rows beyond
+    them fill the places of the rows that left (so only those rows move)."""
+    m, kept = len(keep), set(keep)
+    if any(not 0 <= j < n for j in kept) or len(kept) != m:
+        raise ValueError(f"rows to keep must be distinct rows of {n}: {list(keep)}")
+    tail = iter([j for j in keep if j >= m])
+    return [j if j in kept else next(tail) for j in range(m)]
+
+
 def select(cache: Any, rows: torch.Tensor) -> Any:
     """Keep only batch rows ``rows`` (in that order); a reserved layer keeps its room."""
     for layer in _layers(cache):
@@ -121,7 +132,20 @@ class ReservedLayer(DynamicLayer):
                 and self.values.data_ptr() == self._values_room.data_ptr())
 
     def select_rows(self, rows: torch.Tensor) -> None:
-        n = self.keys.shape[-2]
+        """Keep batch rows ``rows``: in place where each kept row among the first ``len(rows)`` stays where it
+        is and later rows fill the others' places (:func:`compacting_order`), else into new buffers."""
+        n, order = self.keys.shape[-2], rows.tolist()
+        m = len(order)
+        if all(r == j or r >= m for j, r in enumerate(order)):
+            moved = [j for j, r in enumerate(order) if r != j]
+            dst = torch.tensor(moved, dtype=torch.long, device=self.keys.device)
+            src = torch.tensor([order[j] for j in moved], dtype=torch.long, device=self.keys.device)
+            for name in ("keys", "values"):
+                buf = getattr(self, f"_{name}_room")
+                if moved:  # the sources lie beyond the first m rows: no row is read after it is written
+                    buf.index_copy_(0, dst, buf.index_select(0, src))
+                self.hold(name, buf[:m], n)
+            return
         for name in ("keys", "values"):
             self.hold(name, getattr(self, f"_{name}_room").index_select(0, rows.to(self.keys.device)), n)
 
@@ -166,23 +190,72 @@ def reserve(cache: Any, extra: int) -> Any:
     return new
 
 
+class BatchBuffers:
+    """The key/value buffers of one decode batch, ``rows`` x ``columns`` per layer, allocated on first use.
+
+    Several prompt passes fill them block of rows by block of rows (:func:`concat` with ``into``), each pass's
+    columns ending where the batch's do, so their caches form one batch (:meth:`cache`) without a second copy.
+    """
+
+    def __init__(self, rows: int, columns: int) -> None:
+        self.rows, self.columns = rows, columns
+        self._bufs: dict[tuple[int, str], torch.Tensor] = {}
+
+    def slot(self, layer: int, name: str, like: torch.Tensor) -> torch.Tensor:
+        """Layer ``layer``'s ``name`` buffer, shaped like ``like`` but for ``rows`` x ``columns``."""
+        key = (layer, name)
+        if key not in self._bufs:
+            self._bufs[key] = torch.empty(self.rows, *like.shape[1:-2], self.columns, like.shape[-1],
+                                          dtype=like.dtype, device=like.device)
+        return self._bufs[key]
+
+    def cache(self, template: Any, width: int) -> Any:
+        """The batch's cache: ``template``'s layer structure (a cache one pass filled into these buffers), every
+        layer holding the whole buffers with their first ``width`` columns live and the rest as room."""
+        new, live = _shallow_copy(template)
+        for i, layer in live:
+            if (i, "keys") not in self._bufs:
+                raise ValueError(f"cache layer {i} was not written into the batch buffers")
+            layer.__class__ = ReservedLayer
+            for name in ("keys", "values"):
+                layer.hold(name, self._bufs[i, name], width)
+        return new
+
+
 def concat(caches: Sequence[Any], widths: Sequence[int], width: int, *, rows: Sequence[int] | None = None,
-           room: int = 0) -> Any:
+           room: int = 0, into: tuple[BatchBuffers, int] | None = None) -> Any:
     """One cache from several (rows stacked), written once into a new buffer: cache ``i`` holds ``widths[i]``
     columns and is left-padded with zeros to ``width`` (the caller masks the padding); ``rows[i]``: its rows
     in the result (a batch-1 cache is repeated). ``room``: columns reserved after ``width`` for the next
-    updates to write in place (:class:`ReservedLayer`). Every cache must have the same layer structure."""
+    updates to write in place (:class:`ReservedLayer`). Every cache must have the same layer structure.
+
+    ``into=(batch, row)``: write into rows ``row..`` of ``batch``'s buffers instead of new ones, the result's
+    ``width + room`` columns being their last ones (the columns before them are zeroed, for the batch's mask
+    to hide); every layer must take room."""
     new, live = _shallow_copy(caches[0])
     for i, layer in live:
         reservable = _takes_room(layer, room)
         if reservable:
             layer.__class__ = ReservedLayer
+        elif into is not None:
+            raise ValueError(f"cache layer {i} ({type(layer).__name__}) cannot be written into batch buffers")
         for name in ("keys", "values"):
             parts = [getattr(c.layers[i], name) for c in caches]
             counts = [t.shape[0] for t in parts] if rows is None else list(rows)
             t0 = parts[0]
-            buf = torch.empty(sum(counts), *t0.shape[1:-2], width + (room if reservable else 0), t0.shape[-1],
-                              dtype=t0.dtype, device=t0.device)  # the room is written before it is read
+            columns = width + (room if reservable else 0)
+            if into is None:
+                buf = torch.empty(sum(counts), *t0.shape[1:-2], columns, t0.shape[-1],
+                                  dtype=t0.dtype, device=t0.device)  # the room is written before it is read
+            else:
+                batch, row0 = into
+                full = batch.slot(i, name, t0)
+                lead, end = full.shape[-2] - columns, row0 + sum(counts)
+                if lead < 0 or end > full.shape[0]:
+                    raise ValueError(f"{sum(counts)} rows x {columns} columns from row {row0} do not fit batch "
+                                     f"buffers of {full.shape[0]} x {full.shape[-2]}")
+                full[row0:end, ..., :lead, :] = 0  # the batch's left padding: masked, never garbage
+                buf = full[row0:end, ..., lead:, :]
             r = 0
             for t, w, n in zip(parts, widths, counts):
                 if t.shape[-2] != w or t.shape[0] not in (1, n):

@@ -243,7 +243,8 @@ def _check_nonempty(prompts: Sequence[str], ids: Sequence[Sequence[int]]) -> Non
             raise ValueError(f"prompt {p!r} tokenizes to nothing")
 
 
-def multi_prefix_pass(lm: "LoadedModel", parts: Sequence[tuple[Sequence[Sequence[int]], int]], room: int = 0):
+def multi_prefix_pass(lm: "LoadedModel", parts: Sequence[tuple[Sequence[Sequence[int]], int]], room: int = 0,
+                      into: tuple[kv.BatchBuffers, int] | None = None):
     """Prompts without interventions from several cached prefixes, in one forward.
 
     ``parts``: ``(prompts' token ids, p)`` where those prompts share their first ``p`` tokens. Each part's
@@ -252,14 +253,15 @@ def multi_prefix_pass(lm: "LoadedModel", parts: Sequence[tuple[Sequence[Sequence
     paddings; positions are each row's own). Returns ``(last logits [rows, vocab], cache, mask,
     next positions)`` with rows in the order of ``parts``, ready to decode on; ``room``: columns reserved in
     the cache for the tokens decoded next (one buffer holds the prefixes, the rows' tokens and that room, so
-    neither this pass nor the decode steps copy the cache).
+    neither this pass nor the decode steps copy the cache). ``into=(batch, row)``: that buffer is rows
+    ``row..`` of a decode batch's buffers (:class:`kv.BatchBuffers`), so passes of one batch need no merging.
     """
     ids = [x for group, _ in parts for x in group]
     own = [p for group, p in parts for _ in group]
     input_ids, mask, positions = tails_after_prefixes(ids, own, lm.tokenizer.pad_token_id)
     caches = [STORE.get(lm, group[0][:p]) for group, p in parts]
     past = kv.concat(caches, [p for _, p in parts], max(own), rows=[len(group) for group, _ in parts],
-                     room=input_ids.shape[1] + room)
+                     room=input_ids.shape[1] + room, into=into)
     dev = lm.device
     mask = mask.to(dev)
     out = call_model(lm.model, past=past, input_ids=input_ids.to(dev), attention_mask=mask,

@@ -129,6 +129,34 @@ def test_prompts_from_different_prefixes_run_together_as_each_alone(tiny_model, 
         assert gen.tokens[i] == generate(lm, [p], max_new_tokens=4, fast=False).tokens[0], p
 
 
+def test_passes_of_one_decode_batch_write_one_buffer_and_equal_each_prompt_alone(tiny_model, monkeypatch):
+    """Prompts whose own tokens differ much in length run as several passes (the padding bound) that decode as
+    one batch: each pass writes into the batch's buffers, nothing merges them afterwards, and tokens and
+    first-token logits equal each prompt run alone."""
+    import sys
+
+    from hopscope.engine.kv import sliding_window
+
+    gen_module = sys.modules["hopscope.engine.generate"]
+    lm = tiny_model
+    long_tail = "Where is the tower that stands by the old river gate, the one every guide points at? " * 4 + "A:"
+    prompts = [FEW_SHOT + q for q in QUESTIONS] + [FEW_SHOT + long_tail]
+    passes, decoded, merges = [], [], []
+    real_pass, real_decode, real_merge = gen_module.multi_prefix_pass, gen_module._decode, gen_module._merge
+    monkeypatch.setattr(gen_module, "multi_prefix_pass", lambda lm_, parts, **kw: passes.append(
+        sum(len(g) for g, _ in parts)) or real_pass(lm_, parts, **kw))
+    monkeypatch.setattr(gen_module, "_decode", lambda *a, **kw: decoded.append(len(a[7])) or real_decode(*a, **kw))
+    monkeypatch.setattr(gen_module, "_merge", lambda *a, **kw: merges.append(1) or real_merge(*a, **kw))
+    gen = generate(lm, prompts, max_new_tokens=4, first_logits=True)
+    if sliding_window(lm) is None:
+        assert len(passes) >= 2 and sum(passes) == len(prompts)  # not vacuous: several passes
+        assert decoded == [len(prompts)] and merges == []  # one decode batch, never merged
+    alone = torch.cat([run(lm, [p], last_only=True, share_prefix=False).logits for p in prompts])
+    assert (gen.first_logits - alone).abs().max().item() <= TOL
+    for i, p in enumerate(prompts):
+        assert gen.tokens[i] == generate(lm, [p], max_new_tokens=4, fast=False).tokens[0], p
+
+
 def test_early_stopped_generation_is_a_prefix_of_the_unstopped(tiny_model):
     lm = tiny_model
     rows = _patch_rows(lm, seed=2)

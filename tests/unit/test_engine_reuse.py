@@ -3,7 +3,7 @@
 - A decode cache with reserved room (each step writes its column in place) reads exactly like one that
   grows by concatenation, through row selection (early stops) and after its room is spent; it never
   writes into the cache it was made from (a stored prefix); so does a cache merged from several prompts'
-  caches with room reserved.
+  caches with room reserved, and one that several prompt passes wrote into one decode batch's buffers.
 - Greedy generation equals the HF twin's own greedy generation, token for token.
 - The prefix store runs nested shared stems shortest first, so each shared token is computed once.
 - Rows without interventions run from the longest prefix any other row shares with them, and equal each
@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import sys
 
+import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
@@ -69,6 +70,30 @@ def test_reserved_cache_reads_like_a_concatenating_one():
     assert _same(source, kept)  # the cache it was made from is untouched
 
 
+def test_rows_leaving_a_reserved_cache_move_only_the_rows_beyond_the_kept_count():
+    """kv.compacting_order keeps each kept row among the first len(keep) in its place and fills the others'
+    places from beyond; select applies such an order in place (same buffers), any other into new buffers, and
+    both read exactly like selecting those rows of a concatenating cache."""
+    assert kv.compacting_order([0, 2, 3, 5], 6) == [0, 5, 2, 3]
+    assert kv.compacting_order([1, 2], 3) == [2, 1]
+    assert kv.compacting_order([0, 1, 2], 3) == [0, 1, 2] and kv.compacting_order([], 2) == []
+    with pytest.raises(ValueError, match="distinct rows of 3"):
+        kv.compacting_order([0, 3], 3)
+    for order, in_place in (([0, 5, 2, 3], True), ([3, 0, 2], False)):
+        plain = _random_cache(rows=6, n=4, seed=7)
+        reserved = kv.reserve(copy.deepcopy(plain), 2)
+        ptrs = [l.keys.data_ptr() for l in reserved.layers]
+        idx = torch.tensor(order)
+        kv.select(plain, idx), kv.select(reserved, idx)
+        assert _same(plain, reserved), order
+        assert ([l.keys.data_ptr() for l in reserved.layers] == ptrs) == in_place, order
+        k, v = torch.randn(len(order), 2, 1, 4), torch.randn(len(order), 2, 1, 4)
+        for layer in range(3):  # the room is still there and still read like concatenation
+            plain.update(k, v, layer)
+            reserved.update(k.clone(), v.clone(), layer)
+        assert _same(plain, reserved) and reserved.layers[0].room() == 1, order
+
+
 def test_reserved_layer_replaced_from_outside_grows_by_concatenation():
     reserved = kv.reserve(_random_cache(rows=2, n=3, seed=2), 4)
     plain = copy.deepcopy(_random_cache(rows=2, n=3, seed=2))
@@ -108,6 +133,47 @@ def test_merged_caches_with_room_read_like_padded_concatenation():
         assert ([l.keys.data_ptr() for l in merged.layers] == ptrs) == (step < 2), step
     assert _same(a, kept[0]) and _same(b, kept[1])  # the caches it was made from are untouched
     assert kv.reserve(kv.concat([a, b], [3, 5], 6, rows=[2, 2], room=4), 3).layers[0].room() == 4  # kept
+
+
+def test_passes_written_into_batch_buffers_read_like_their_merge():
+    """Two prompt passes of one decode batch write into its buffers (kv.BatchBuffers, `concat(into=...)`): the
+    batch's cache reads exactly like merging the two passes' caches afterwards (a second copy), its
+    padding is zeros, and its room takes the decode steps in place."""
+    g = torch.Generator().manual_seed(6)
+    room, plan = 2, [(1, 3, 2, 2), (1, 4, 2, 4)]  # per pass: prefix rows, prefix columns, rows, own new columns
+    widths = [p + s for _, p, _, s in plan]
+    class Dirty(kv.BatchBuffers):  # new buffers hold NaN, so padding that is not written shows
+        def slot(self, layer, name, like):
+            fresh = not hasattr(self, "seen") or (layer, name) not in self.seen
+            buf = super().slot(layer, name, like)
+            if fresh:
+                self.seen = getattr(self, "seen", set()) | {(layer, name)}
+                buf.fill_(float("nan"))
+            return buf
+
+    buffers = Dirty(rows=4, columns=max(widths) + room)
+    passes, r0 = [], 0
+    for k, (b, p, n, s) in enumerate(plan):
+        prefix = _random_cache(rows=b, n=p, seed=10 + k)
+        c = kv.concat([prefix], [p], p, rows=[n], room=s + room, into=(buffers, r0))
+        for layer in range(3):
+            c.update(torch.randn(n, 2, s, 4, generator=g), torch.randn(n, 2, s, 4, generator=g), layer)
+        passes.append(c)
+        r0 += n
+    batch = buffers.cache(passes[-1], max(widths))
+    merged = kv.concat(passes, widths, max(widths), room=room)
+    assert _same(batch, merged)
+    assert batch.layers[0].keys[:2, :, :max(widths) - widths[0]].abs().sum() == 0  # the first pass's left padding
+    ptrs = [l.keys.data_ptr() for l in batch.layers]
+    for step in range(2):
+        for layer in range(3):
+            k, v = torch.randn(4, 2, 1, 4, generator=g), torch.randn(4, 2, 1, 4, generator=g)
+            merged.update(k, v, layer)
+            batch.update(k.clone(), v.clone(), layer)
+        assert _same(batch, merged), step
+    assert [l.keys.data_ptr() for l in batch.layers] == ptrs  # in place: the room was the batch buffers' own
+    with pytest.raises(ValueError, match="do not fit"):
+        kv.concat([_random_cache(rows=1, n=3, seed=0)], [3], 3, rows=[3], room=1, into=(kv.BatchBuffers(2, 4), 0))
 
 
 def test_generation_with_reserved_room_equals_concatenation(tiny_model, monkeypatch):
