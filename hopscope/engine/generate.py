@@ -29,6 +29,23 @@ if TYPE_CHECKING:
 
 Stop = Callable[[int, list[int]], bool]
 SHARE_HISTORIES = True  # decode steps share blocks among rows with one token history (False: the reference)
+ROWS_PER_BATCH = 256  # rows per prompt pass and decode batch where ``batch_size`` is None, but for one shared prompt
+DECODE_BYTES = 2 * 2**30  # one shared prompt, ``batch_size`` None: rows per decode batch whose cache and logits fit
+
+
+def bytes_per_row(lm: "LoadedModel", n_prompt: int, max_new_tokens: int) -> int:
+    """Bytes one row of a decode batch holds: its KV cache (every layer's keys and values for the prompt's
+    ``n_prompt`` and the new tokens) and one step's float32 logits."""
+    per_token = 2 * lm.n_layers * lm.n_kv_heads * lm.d_head * torch.finfo(lm.dtype).bits // 8
+    return per_token * (n_prompt + max_new_tokens) + 4 * lm.d_vocab
+
+
+def rows_per_batch(lm: "LoadedModel", n_prompt: int, max_new_tokens: int, budget: int | None = None) -> int:
+    """How many rows of one shared prompt decode together within ``budget`` bytes (None: ``DECODE_BYTES``) of
+    :func:`bytes_per_row`; at least one. Larger decode batches share more (units of one token history span
+    the batch) and run larger matmuls."""
+    budget = DECODE_BYTES if budget is None else budget
+    return max(1, budget // bytes_per_row(lm, n_prompt, max_new_tokens))
 
 
 @dataclass
@@ -62,7 +79,7 @@ def generate(
     start: int = -1,
     stop: Stop | None = None,
     first_logits: bool = False,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     fast: bool = True,
     edits: Sequence[Sequence[Intervention]] | None = None,
 ) -> Generation:
@@ -73,7 +90,8 @@ def generate(
     ``edits``: per row, interventions that act like a change of the model itself: at every position of the
     prompt and of every generated token (e.g. a mitigation; their ``position`` is ignored). Rows with edits
     run their whole prompt (no shared prefix); the other rows keep the fast path. ``fast=False`` is the reference: every row's whole prompt
-    runs through every block, left-padded.
+    runs through every block, left-padded. ``batch_size``: rows per prompt pass and decode batch; None: for one
+    shared prompt as many as :func:`rows_per_batch` fits in ``DECODE_BYTES``, else ``ROWS_PER_BATCH``.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -100,6 +118,9 @@ def generate(
         fast = False
     tokens: list[list[int]] = [[] for _ in range(n_rows)]
     logits: list[torch.Tensor] = []
+    if batch_size is None:
+        batch_size = (rows_per_batch(lm, len(lm.to_ids(prompts)), max_new_tokens) if shared and fast
+                      else ROWS_PER_BATCH)
     if shared and fast:
         n = len(lm.to_ids(prompts))
         for c0 in range(0, n_rows, batch_size):

@@ -157,6 +157,42 @@ def test_passes_of_one_decode_batch_write_one_buffer_and_equal_each_prompt_alone
         assert gen.tokens[i] == generate(lm, [p], max_new_tokens=4, fast=False).tokens[0], p
 
 
+def test_rows_of_one_prompt_decode_in_batches_that_fit_the_memory_budget(tiny_model, monkeypatch):
+    """batch_size=None decodes as many rows of one shared prompt together as fit their KV cache and one step's
+    logits in DECODE_BYTES (the count counts the bytes the real cache holds); an explicit batch_size chunks;
+    the tokens are the same every way."""
+    import sys
+
+    from hopscope.engine import kv
+
+    gen_module = sys.modules["hopscope.engine.generate"]
+    lm, m = tiny_model, 4
+    n = len(lm.to_ids(PROMPT))
+    cache = prompt_pass(lm, PROMPT, [[]], keep_cache=True).past_key_values
+    actual = kv.nbytes(cache) // n * (n + m) + 4 * lm.d_vocab  # one row's real cache and logits
+    per_row = gen_module.bytes_per_row(lm, n, m)
+    if kv.sliding_window(lm) is None:
+        assert per_row == actual  # the budget counts exactly the cache's bytes
+    else:
+        assert per_row >= actual  # never fewer bytes than the cache holds
+    assert gen_module.rows_per_batch(lm, n, m, budget=10 * per_row + 1) == 10
+    assert gen_module.rows_per_batch(lm, n, m, budget=1) == 1
+    rows = _patch_rows(lm)
+    decoded = []
+    real = gen_module._decode
+    monkeypatch.setattr(gen_module, "_decode", lambda *a, **kw: decoded.append(len(a[7])) or real(*a, **kw))
+    whole = generate(lm, PROMPT, rows, max_new_tokens=m)
+    assert decoded == [len(rows)]  # the default budget holds them all
+    decoded.clear()
+    monkeypatch.setattr(gen_module, "DECODE_BYTES", 5 * per_row)
+    by_budget = generate(lm, PROMPT, rows, max_new_tokens=m)
+    assert decoded == [5] * (len(rows) // 5) + ([len(rows) % 5] if len(rows) % 5 else [])
+    decoded.clear()
+    by_size = generate(lm, PROMPT, rows, max_new_tokens=m, batch_size=3)
+    assert decoded == [3] * (len(rows) // 3) + ([len(rows) % 3] if len(rows) % 3 else [])
+    assert whole.tokens == by_budget.tokens == by_size.tokens
+
+
 def test_early_stopped_generation_is_a_prefix_of_the_unstopped(tiny_model):
     lm = tiny_model
     rows = _patch_rows(lm, seed=2)
