@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 Stop = Callable[[int, list[int]], bool]
 SHARE_HISTORIES = True  # decode steps share blocks among rows with one token history (False: the reference)
-ROWS_PER_BATCH = 256  # rows per prompt pass and decode batch where ``batch_size`` is None, but for one shared prompt
-DECODE_BYTES = 2 * 2**30  # one shared prompt, ``batch_size`` None: rows per decode batch whose cache and logits fit
+ROWS_PER_BATCH = 256  # batch_size=None, one prompt per row: rows per prompt pass and decode batch
+DECODE_BYTES = 2 * 2**30  # batch_size=None, one shared prompt: the bytes of cache and logits a decode batch may hold
 
 
 def bytes_per_row(lm: "LoadedModel", n_prompt: int, max_new_tokens: int) -> int:
@@ -118,11 +118,9 @@ def generate(
         fast = False
     tokens: list[list[int]] = [[] for _ in range(n_rows)]
     logits: list[torch.Tensor] = []
-    if batch_size is None:
-        batch_size = (rows_per_batch(lm, len(lm.to_ids(prompts)), max_new_tokens) if shared and fast
-                      else ROWS_PER_BATCH)
     if shared and fast:
         n = len(lm.to_ids(prompts))
+        batch_size = rows_per_batch(lm, n, max_new_tokens) if batch_size is None else batch_size
         for c0 in range(0, n_rows, batch_size):
             chunk = list(range(c0, min(c0 + batch_size, n_rows)))
             res = prompt_pass(lm, prompts, [rows[i] for i in chunk], start=start, keep_cache=True)
@@ -133,6 +131,7 @@ def generate(
             if first_logits:
                 logits.append(res.logits.cpu())
     else:
+        batch_size = ROWS_PER_BATCH if batch_size is None else batch_size
         plist = [prompts] * n_rows if shared else list(prompts)
         ids = [lm.to_ids(p) for p in plist]
         _check_nonempty(plist, ids)
@@ -163,7 +162,9 @@ def generate(
                     logits.append((rows_, first.cpu()))
                 pad = torch.zeros(mask.shape[0], width - mask.shape[1], dtype=mask.dtype, device=mask.device)
                 group += rows_
-                firsts.append(first), masks.append(torch.cat([pad, mask], 1)), positions.append(pos)
+                firsts.append(first)
+                masks.append(torch.cat([pad, mask], 1))
+                positions.append(pos)
             _decode(lm, torch.cat(firsts), buffers.cache(cache, width), torch.cat(masks), torch.cat(positions),
                     max_new_tokens, stop, group, tokens, None)
 
