@@ -17,7 +17,7 @@ from hopscope.engine.compat import call_model, output_cache
 from hopscope.engine.history import can_share, plan_units, shared_step
 from hopscope.engine.hooks import join_layer
 from hopscope.engine.interventions import Intervention
-from hopscope.engine.layout import Layout
+from hopscope.engine.layout import Layout, left_pad_mask, prefix_and_tail_widths
 from hopscope.engine.sites import Site
 from hopscope.engine.passes import prompt_pass
 from hopscope.engine.prefix import PASS_WASTE, SMALL_PASS, STORE, common_prefix, little_padding
@@ -150,8 +150,9 @@ def generate(
 
         def run_plain(batch: list[list[tuple[list[int], int]]]) -> None:
             """One decode batch of passes from cached prefixes, each pass writing into the batch's buffers."""
-            widths = [max(p for _, p in part) + max(len(ids[i]) - p for g, p in part for i in g) for part in batch]
-            width, room = max(widths), max_new_tokens - 1
+            width = max(sum(prefix_and_tail_widths([ids[i] for g, _ in part for i in g],
+                                                   [p for g, p in part for _ in g])) for part in batch)
+            room = max_new_tokens - 1
             buffers = kv.BatchBuffers(sum(len(g) for part in batch for g, _ in part), width + room)
             group, firsts, masks, positions, cache = [], [], [], [], None
             for part in batch:
@@ -160,10 +161,9 @@ def generate(
                                                             room=room, into=(buffers, len(group)))
                 if first_logits:
                     logits.append((rows_, first.cpu()))
-                pad = torch.zeros(mask.shape[0], width - mask.shape[1], dtype=mask.dtype, device=mask.device)
                 group += rows_
                 firsts.append(first)
-                masks.append(torch.cat([pad, mask], 1))
+                masks.append(left_pad_mask(mask, width))
                 positions.append(pos)
             _decode(lm, torch.cat(firsts), buffers.cache(cache, width), torch.cat(masks), torch.cat(positions),
                     max_new_tokens, stop, group, tokens, None)
@@ -284,8 +284,7 @@ def _merge(wave, room: int):
     width = max(m.shape[1] for _, _, _, m, _ in wave)
     caches = [c for _, _, c, _, _ in wave]
     widths = [m.shape[1] for _, _, _, m, _ in wave]
-    masks = [torch.cat([torch.zeros(m.shape[0], width - m.shape[1], dtype=m.dtype, device=m.device), m], 1)
-             for _, _, _, m, _ in wave]
+    masks = [left_pad_mask(m, width) for _, _, _, m, _ in wave]
     group = [i for g, _, _, _, _ in wave for i in g]
     return (group, torch.cat([f for _, f, _, _, _ in wave]), kv.concat(caches, widths, width, room=room),
             torch.cat(masks), torch.cat([p for _, _, _, _, p in wave]))

@@ -92,6 +92,18 @@ def packed_mask(length: int, rows: int, device=None) -> torch.Tensor:
     return mask[None, None]
 
 
+def prefix_and_tail_widths(ids: Sequence[Sequence[int]], own: Sequence[int]) -> tuple[int, int]:
+    """The columns :func:`tails_after_prefixes` lays out: the longest cached prefix (``max(own)``) and the
+    longest run of a row's own tokens after its prefix."""
+    return max(own), max(len(x) - p for x, p in zip(ids, own))
+
+
+def left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """``mask [rows, w]`` with ``width - w`` zero columns in front (padding the mask hides)."""
+    pad = torch.zeros(mask.shape[0], width - mask.shape[1], dtype=mask.dtype, device=mask.device)
+    return torch.cat([pad, mask], 1)
+
+
 def tails_after_prefixes(ids: Sequence[Sequence[int]], own: Sequence[int],
                          pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch of each row's tokens after its own cached prefix of ``own[i]`` tokens.
@@ -100,7 +112,7 @@ def tails_after_prefixes(ids: Sequence[Sequence[int]], own: Sequence[int],
     left-padded after it. Returns ``input_ids [rows, width]``, the attention mask ``[rows, max(own) + width]``
     (zero on both paddings) and ``position_ids [rows, width]`` (each row's own positions).
     """
-    big, width = max(own), max(len(x) - p for x, p in zip(ids, own))
+    big, width = prefix_and_tail_widths(ids, own)
     r = len(ids)
     input_ids = torch.full((r, width), pad_id, dtype=torch.long)
     mask = torch.zeros((r, big + width), dtype=torch.long)
