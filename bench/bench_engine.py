@@ -280,6 +280,28 @@ def _peer_patch_nnsight(lm, prompt: str, values: list[torch.Tensor]):
     return fn
 
 
+def _plain_hf_patch_loop(lm, prompt: str, values: list[torch.Tensor]):
+    """The script a user writes without a library: per layer, one stock HF forward (logits at every
+    position, transformers' default) with a forward hook that writes the value at the last position."""
+    ids = torch.tensor([lm.to_ids(prompt)])
+
+    def fn():
+        out = []
+        for block, value in zip(lm.adapter.blocks, values):
+            def write(module, args, output, value=value):
+                hidden = output[0] if isinstance(output, tuple) else output
+                hidden[:, -1] = value
+                return output
+            handle = block.register_forward_hook(write)
+            try:
+                with torch.no_grad():
+                    out.append(lm.model(input_ids=ids).logits[:, -1].float())
+            finally:
+                handle.remove()
+        return torch.cat(out)
+    return fn
+
+
 def _peer_patch_tl(lm, prompt: str, values: list[torch.Tensor]):
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -308,6 +330,9 @@ def _peer_patch_tl(lm, prompt: str, values: list[torch.Tensor]):
     return fn
 
 
+PLAIN_HF = "plain HF: forward + hook per layer, all logits"
+
+
 def bench_patch(lm, repeats: int) -> None:
     clean = "The Eiffel Tower is located in the city of"
     corrupt = "The Colosseum is located in the city of"
@@ -332,6 +357,7 @@ def bench_patch(lm, repeats: int) -> None:
         return prompt_pass(lm, corrupt, rows, pack=False).logits
 
     fns = {"naive: one full forward per layer": naive,
+           PLAIN_HF: _plain_hf_patch_loop(lm, corrupt, values),
            "hopscope batched run (full prompt)": batched,
            "hopscope prompt_pass, packed (prefix + rows, 1 forward)": fast,
            "hopscope prompt_pass, pack=False (prefix pass, staircase)": two_forwards,
@@ -350,6 +376,11 @@ def bench_patch(lm, repeats: int) -> None:
     out = [(label, t, (got - ref).abs().max().item()) for label, (t, got) in timings.items()]
     report(f"last-token patch at each of {lm.n_layers} layers", out, t_naive, "speed-up vs naive (target >= 20x)",
            round_ratios(rounds, "naive: one full forward per layer"))
+    packed = "hopscope prompt_pass, packed (prefix + rows, 1 forward)"
+    plain = round_ratios(rounds, PLAIN_HF)[packed]
+    print(f"  the packed pass against the plain HF loop (what a script without a library runs): "
+          f"{timings[PLAIN_HF][0] / timings[packed][0]:.1f}x, per round {min(plain):.1f}-{max(plain):.1f}x "
+          f"(n={len(plain)}); the naive row above is stricter (hopscope's hooks, last-position logits only)")
 
 
 def _backpatch_rows(lm, prompt: str, layers: list[int], seed: int = 0) -> list[list]:

@@ -3,7 +3,10 @@
 hopscope registers it as the attention implementation ``"hopscope"`` of every model it loads. With no
 request for a layer it calls the implementation the model had before (transformers' SDPA function, or the
 family's own eager function where that is HF's default, e.g. Gemma 2, whose logit softcap SDPA cannot
-apply), so outputs equal the stock model's. For a layer whose pattern is read or whose edges are knocked
+apply), so outputs equal the stock model's. One difference of route, not of result: on CPU, a masked pass
+of several query columns under grouped-query attention runs SDPA's own grouping (``enable_gqa``) instead of
+transformers' ``repeat_kv`` copy of every key and value per head group (:func:`grouped_sdpa`); the output
+is bitwise the same (a test holds it), the copy is saved. For a layer whose pattern is read or whose edges are knocked
 out it computes attention explicitly, as HF's eager attention does: the scaling the module passes
 (``query_pre_attn_scalar`` in Gemma), the logit softcap, the causal / sliding-window / padding mask that
 transformers built for that layer, GQA. QK-norms and clipping run in the module before this function.
@@ -135,6 +138,9 @@ def hopscope_attention(module, query, key, value, attention_mask, dropout=0.0, s
             mask = _additive(attention_mask, module, query, key.shape[2])
             return _eager_function(module)(module, query, key, value, mask, dropout=dropout, scaling=scaling,
                                            **kwargs)
+        grouped = grouped_sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        if grouped is not None:
+            return grouped
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     if scaling is None:
@@ -153,6 +159,24 @@ def hopscope_attention(module, query, key, value, attention_mask, dropout=0.0, s
             pattern = torch.nn.functional.pad(pattern, (full - pattern.shape[-1], 0))
         req.patterns[layer] = pattern.detach()
     return out, None
+
+
+def grouped_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                 **kwargs) -> tuple[torch.Tensor, None] | None:
+    """SDPA with its own grouped-query attention for a masked multi-column pass on CPU, or None where
+    transformers' ``sdpa_attention_forward`` takes another route (no grouping, no mask, one query column,
+    a position bias, another device, unequal head sizes). There transformers repeats every key and value
+    ``num_key_value_groups`` times (``repeat_kv``) before SDPA, since masked GQA falls back to the math
+    kernel on CUDA; on CPU ``enable_gqa`` computes the same output without that copy."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if (groups <= 1 or attention_mask is None or query.shape[2] < 2 or query.device.type != "cpu"
+            or kwargs.get("position_bias") is not None or key.shape[-1] != value.shape[-1]
+            or key.shape[1] * groups != query.shape[1]):
+        return None
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _register() -> None:

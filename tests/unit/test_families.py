@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from hopscope.engine import Site, cache, knockout, replace, run, run_last_position, run_with_cache
+from hopscope.engine import attention as attention_module
 from hopscope.engine.attention import attention_modules, pass_through
+from hopscope.engine.runner import ensure_attention
 from hopscope.models import SUPPORTED_FAMILIES, TINY_FAMILIES
 from hopscope.models.tiny import SLIDING_WINDOW
 
@@ -85,6 +87,63 @@ def test_pass_through_is_hf_default_and_bitwise_equal(family, models, make_hf_tw
     kinds = {pass_through(m, getattr(m, "attn_logit_softcapping", None)) for m in attention_modules(lm.model)}
     assert kinds == {expected}
     assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_padded_batch_pass_through_is_bitwise_equal(family, models, make_hf_twin, monkeypatch):
+    """A left-padded batch (a mask, several query columns): on CPU the grouped-query layers take SDPA's own
+    grouping instead of transformers' repeat_kv copy, and the logits stay bitwise HF's."""
+    lm = models(family)
+    twin = make_hf_twin(lm)
+    batch = lm.encode_ids([lm.to_ids(LONG), lm.to_ids("Hello world")])
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+              "position_ids": batch.position_ids}
+    taken: list[bool] = []
+    real = attention_module.grouped_sdpa
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(attention_module, "grouped_sdpa", counting)
+    ensure_attention(lm)
+    with torch.no_grad():
+        ref = twin(**inputs).logits
+        got = lm.model(**inputs).logits
+    real_tokens = batch.attention_mask.bool()
+    assert torch.equal(got[real_tokens], ref[real_tokens])
+    grouped = lm.n_kv_heads < lm.n_heads and family != "gemma2"  # Gemma 2 passes through to eager
+    assert any(taken) == grouped and (not grouped or all(taken))
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_grouped_sdpa_equals_transformers_sdpa_bitwise(dtype):
+    """Random grouped-query inputs, boolean and additive masks (a fully masked padding row included): the
+    CPU grouping route returns transformers' output bit for bit, and declines the cases it does not cover."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    g = torch.Generator().manual_seed(0)
+    for batch, heads, groups, q, past in ((1, 4, 2, 5, 0), (3, 9, 3, 7, 6), (2, 6, 6, 2, 3)):
+        module = SimpleNamespace(num_key_value_groups=groups, is_causal=True)
+        k_len = q + past
+        query = torch.randn(batch, q, heads, 16, generator=g).to(dtype).transpose(1, 2)
+        key = torch.randn(batch, k_len, heads // groups, 16, generator=g).to(dtype).transpose(1, 2)
+        value = torch.randn(batch, k_len, heads // groups, 16, generator=g).to(dtype).transpose(1, 2)
+        allowed = torch.ones(q, k_len, dtype=torch.bool).tril(past)[None, None].repeat(batch, 1, 1, 1)
+        allowed[0, :, 0, :] = False  # a left-padding query column that sees nothing
+        for mask in (allowed, torch.where(allowed, torch.zeros((), dtype=dtype), torch.finfo(dtype).min)):
+            ref, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+            got, _ = attention_module.grouped_sdpa(module, query, key, value, mask, scaling=0.25)
+            assert torch.equal(got.nan_to_num(7.0), ref.nan_to_num(7.0))
+        declined = [(SimpleNamespace(num_key_value_groups=1), query, key, allowed, {}),  # no grouping
+                    (module, query, key, None, {}),  # no mask: transformers already uses enable_gqa
+                    (module, query[:, :, :1], key, allowed[:, :, :1], {}),  # one column: transformers packs it
+                    (module, query, key, allowed, {"position_bias": torch.zeros(1)})]
+        for mod, qq, kk, mm, extra in declined:
+            assert attention_module.grouped_sdpa(mod, qq, kk, kk, mm, **extra) is None
 
 
 @pytest.mark.parametrize("family", SLIDING)
