@@ -331,6 +331,7 @@ def _peer_patch_tl(lm, prompt: str, values: list[torch.Tensor]):
 
 
 PLAIN_HF = "plain HF: forward + hook per layer, all logits"
+PACKED = "hopscope prompt_pass, packed (prefix + rows, 1 forward)"
 
 
 def bench_patch(lm, repeats: int) -> None:
@@ -359,7 +360,7 @@ def bench_patch(lm, repeats: int) -> None:
     fns = {"naive: one full forward per layer": naive,
            PLAIN_HF: _plain_hf_patch_loop(lm, corrupt, values),
            "hopscope batched run (full prompt)": batched,
-           "hopscope prompt_pass, packed (prefix + rows, 1 forward)": fast,
+           PACKED: fast,
            "hopscope prompt_pass, pack=False (prefix pass, staircase)": two_forwards,
            "hopscope prompt_pass, pack=False, prefix cached (staircase)": cached}
     for label, make in (("nnsight: prefix KV + batched trace", _peer_patch_nnsight),
@@ -376,10 +377,9 @@ def bench_patch(lm, repeats: int) -> None:
     out = [(label, t, (got - ref).abs().max().item()) for label, (t, got) in timings.items()]
     report(f"last-token patch at each of {lm.n_layers} layers", out, t_naive, "speed-up vs naive (target >= 20x)",
            round_ratios(rounds, "naive: one full forward per layer"))
-    packed = "hopscope prompt_pass, packed (prefix + rows, 1 forward)"
-    plain = round_ratios(rounds, PLAIN_HF)[packed]
+    plain = round_ratios(rounds, PLAIN_HF)[PACKED]
     print(f"  the packed pass against the plain HF loop (what a script without a library runs): "
-          f"{timings[PLAIN_HF][0] / timings[packed][0]:.1f}x, per round {min(plain):.1f}-{max(plain):.1f}x "
+          f"{timings[PLAIN_HF][0] / timings[PACKED][0]:.1f}x, per round {min(plain):.1f}-{max(plain):.1f}x "
           f"(n={len(plain)}); the naive row above is stricter (hopscope's hooks, last-position logits only)")
 
 
