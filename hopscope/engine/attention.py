@@ -1,6 +1,8 @@
 """A pass-through attention function that can also record patterns and apply knockout masks.
 
-hopscope registers it as the attention implementation ``"hopscope"`` of every model it loads. With no
+hopscope registers it as the attention implementation ``"hopscope"`` and installs it on a model at the engine's
+first call to that model (:func:`ensure_installed`, from ``compat.call_model``, so every pass takes one route
+whatever ran before it). With no
 request for a layer it calls the implementation the model had before (transformers' SDPA function, or the
 family's own eager function where that is HF's default, e.g. Gemma 2, whose logit softcap SDPA cannot
 apply), so outputs equal the stock model's. One difference of route, not of result: on CPU, a masked pass
@@ -208,6 +210,13 @@ def install_attention(model: torch.nn.Module) -> None:
         cfg = getattr(module, "config", None)
         if cfg is not None and hasattr(cfg, "_attn_implementation"):
             cfg._attn_implementation = IMPLEMENTATION
+
+
+def ensure_installed(model: torch.nn.Module) -> None:
+    """Install the pass-through on ``model`` once (a flag on the model records it)."""
+    if not getattr(model, "_hopscope_attention", False):
+        install_attention(model)
+        object.__setattr__(model, "_hopscope_attention", True)
 
 
 def _eager_default(model: torch.nn.Module) -> bool:

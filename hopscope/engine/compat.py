@@ -2,7 +2,8 @@
 
 transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns and goes in 5.40). The engine
 passes the cache under whichever name the installed model's ``forward`` takes, so no deprecation warning
-comes from hopscope's own calls on any 5.x release.
+comes from hopscope's own calls on any 5.x release. Every call also installs hopscope's pass-through attention
+on the model first (once), so a pass takes the same attention route whichever engine call came before it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import inspect
 from typing import Any
 
 import torch
+
+from hopscope.engine.attention import ensure_installed
 
 _KWARG: dict[type, str] = {}
 
@@ -25,7 +28,9 @@ def cache_kwarg(model: torch.nn.Module) -> str:
 
 
 def call_model(model: torch.nn.Module, *, past: Any = None, **kwargs: Any):
-    """``model(**kwargs)`` with the KV cache ``past`` passed under the right keyword (no grad)."""
+    """``model(**kwargs)`` with the KV cache ``past`` passed under the right keyword (no grad), through
+    hopscope's pass-through attention."""
+    ensure_installed(model)
     if past is not None:
         kwargs[cache_kwarg(model)] = past
     with torch.no_grad():

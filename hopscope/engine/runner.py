@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from hopscope.engine import kv
+from hopscope.engine.attention import ensure_installed
 from hopscope.engine.compat import call_model, output_cache
 from hopscope.engine.kv import sliding_window
 from hopscope.engine.hooks import ColumnStaircase, HookSession, Staircase
@@ -78,12 +79,7 @@ def rows_of(interventions, n: int) -> list[list[Intervention]]:
 
 def ensure_attention(lm: "LoadedModel") -> None:
     """Route the model's attention through hopscope's pass-through function (once per model)."""
-    model = lm.model
-    if not getattr(model, "_hopscope_attention", False):
-        from hopscope.engine.attention import install_attention
-
-        install_attention(model)
-        object.__setattr__(model, "_hopscope_attention", True)
+    ensure_installed(lm.model)
 
 
 def forward(lm: "LoadedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -118,6 +118,19 @@ def test_padded_batch_pass_through_is_bitwise_equal(family, models, make_hf_twin
     assert any(taken) == grouped and (not grouped or all(taken))
 
 
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_every_engine_call_takes_the_pass_through(family):
+    """Prompts decoded from shared cached prefixes (the knowledge filter's route, which never calls the hooked
+    forward) still run hopscope's attention: the route of a pass does not depend on which call came first."""
+    from hopscope.engine import generate
+    from hopscope.models.tiny import tiny
+
+    lm = tiny(family)  # fresh: no earlier call installed anything on it
+    assert not getattr(lm.model, "_hopscope_attention", False)
+    generate(lm, [LONG + " one", LONG + " two", LONG + " three"], max_new_tokens=2)
+    assert {m.config._attn_implementation for m in attention_modules(lm.model)} == {attention_module.IMPLEMENTATION}
+
+
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
 def test_grouped_sdpa_equals_transformers_sdpa_bitwise(dtype):
     """Random grouped-query inputs, boolean and additive masks (a fully masked padding row included): the
