@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from hopscope.engine import kv
-from hopscope.engine.attention import ensure_installed
 from hopscope.engine.compat import call_model, output_cache
 from hopscope.engine.kv import sliding_window
 from hopscope.engine.hooks import ColumnStaircase, HookSession, Staircase
@@ -77,18 +76,12 @@ def rows_of(interventions, n: int) -> list[list[Intervention]]:
     return [list(x) for x in interventions]
 
 
-def ensure_attention(lm: "LoadedModel") -> None:
-    """Route the model's attention through hopscope's pass-through function (once per model)."""
-    ensure_installed(lm.model)
-
-
 def forward(lm: "LoadedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             position_ids: torch.Tensor, interventions: Sequence[Sequence[Intervention]], layout: Layout, *,
             record: Iterable[tuple[str, int]] = (), past=None, use_cache: bool = False, last_only: bool | int = False,
             index: list[int] | None = None, staircase: Staircase | ColumnStaircase | None = None):
     """One hooked forward; returns (logits, KV cache or None, HookSession). ``last_only``: logits of the last
     column only (an int ``k``: of the last ``k`` columns)."""
-    ensure_attention(lm)
     layout.width = input_ids.shape[1]
     session = HookSession(lm, interventions, layout, record, index=index, staircase=staircase)
     rows = 1 + max(session.index) if session.index else input_ids.shape[0]

@@ -9,7 +9,6 @@ import torch
 from hopscope.engine import Site, cache, knockout, replace, run, run_last_position, run_with_cache
 from hopscope.engine import attention as attention_module
 from hopscope.engine.attention import attention_modules, pass_through
-from hopscope.engine.runner import ensure_attention
 from hopscope.models import SUPPORTED_FAMILIES, TINY_FAMILIES
 from hopscope.models.tiny import SLIDING_WINDOW
 
@@ -107,7 +106,7 @@ def test_padded_batch_pass_through_is_bitwise_equal(family, models, make_hf_twin
         return out
 
     monkeypatch.setattr(attention_module, "grouped_sdpa", counting)
-    ensure_attention(lm)
+    attention_module.ensure_installed(lm.model)
     with torch.no_grad():
         ref = twin(**inputs).logits
         got = lm.model(**inputs).logits
