@@ -21,7 +21,11 @@ ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress
 
 
 def configure(threads: Optional[int] = None) -> None:
-    """Process-wide settings every command applies first (torch threads)."""
+    """Process-wide settings every command applies first (torch threads; a wrong ``HOPSCOPE_LINEAR`` fails)."""
+    from hopscope.engine.linear import env_problem
+
+    if (problem := env_problem()) is not None:
+        fail(problem)
     if threads is not None:
         if threads < 1:
             fail(f"--threads must be at least 1, got {threads}")

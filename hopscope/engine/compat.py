@@ -3,7 +3,8 @@
 transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns and goes in 5.40). The engine
 passes the cache under whichever name the installed model's ``forward`` takes, so no deprecation warning
 comes from hopscope's own calls on any 5.x release. Every call also installs hopscope's pass-through attention
-on the model first (once), so a pass takes the same attention route whichever engine call came before it.
+and linear route on the model first (once), so a pass takes the same routes whichever engine call came before
+it, and runs the model with the linear route active (:mod:`hopscope.engine.linear`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from hopscope.engine import linear
 from hopscope.engine.attention import ensure_installed
 
 _KWARG: dict[type, str] = {}
@@ -29,11 +31,12 @@ def cache_kwarg(model: torch.nn.Module) -> str:
 
 def call_model(model: torch.nn.Module, *, past: Any = None, **kwargs: Any):
     """``model(**kwargs)`` with the KV cache ``past`` passed under the right keyword (no grad), through
-    hopscope's pass-through attention."""
+    hopscope's pass-through attention and linear route."""
     ensure_installed(model)
+    linear.ensure_installed(model)
     if past is not None:
         kwargs[cache_kwarg(model)] = past
-    with torch.no_grad():
+    with torch.no_grad(), linear.active():
         return model(**kwargs)
 
 

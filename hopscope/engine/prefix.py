@@ -22,6 +22,7 @@ import torch
 from hopscope.engine import kv
 from hopscope.engine.compat import call_model, output_cache
 from hopscope.engine.kv import nbytes
+from hopscope.engine.linear import drop_packed
 from hopscope.engine.layout import tails_after_prefixes
 
 if TYPE_CHECKING:
@@ -56,20 +57,23 @@ def weights_version(model: torch.nn.Module) -> tuple[int, int]:
     """(explicit counter, sum of parameter version counters): changes whenever weights change in place.
 
     The parameter slots (module, name) are listed once per model and read afresh on every call, so a
-    parameter replaced by a new tensor is read too (walking every module on each call cost ~5 ms)."""
+    parameter replaced by a new tensor is read too (walking every module on each call cost ~5 ms). Parameters on
+    the meta device are left out: accelerate holds an offloaded weight there between forwards, replacing the
+    placeholder at each one (its counter would change at the first call and miss the prefixes that call stored)."""
     slots = getattr(model, "_hopscope_parameter_slots", None)
     if slots is None:
         slots = [(m._parameters, name) for m in model.modules() for name in m._parameters]
         object.__setattr__(model, "_hopscope_parameter_slots", slots)
-    auto = sum(p._version for params, name in slots if (p := params.get(name)) is not None)
+    auto = sum(p._version for params, name in slots if (p := params.get(name)) is not None and not p.is_meta)
     return int(getattr(model, "_hopscope_weights_version", 0)), int(auto)
 
 
 def weights_changed(lm: "LoadedModel | torch.nn.Module") -> None:
-    """Declare that ``lm``'s weights changed: cached prefixes of it are dropped."""
+    """Declare that ``lm``'s weights changed: cached prefixes of it and packed copies of its weights are dropped."""
     model = getattr(lm, "model", lm)
     object.__setattr__(model, "_hopscope_weights_version", int(getattr(model, "_hopscope_weights_version", 0)) + 1)
     STORE.drop_model(model_uid(model))
+    drop_packed(model)
 
 
 class PrefixStore:

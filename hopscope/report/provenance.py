@@ -23,14 +23,25 @@ def now() -> datetime:
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape results (read from package metadata; no imports)."""
+    """Versions of Python and the libraries that shape results (read from package metadata; no imports), and
+    the engine's linear route (``hopscope.engine.linear``: which float32 CPU kernel computed the numbers)."""
     out = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = _module_version(name)
+    out["linear_route"] = _linear_route()
     return out
+
+
+def _linear_route() -> str:
+    try:
+        from hopscope.engine.linear import route
+
+        return route()
+    except Exception:  # a broken torch should not stop a run from recording its config
+        return "unknown"
 
 
 def _module_version(name: str) -> str:

@@ -147,3 +147,35 @@ def test_a_sweep_places_each_model_by_its_device_map(tmp_path):
             a, b = RunFolder.open(plain / child).load_table(name), RunFolder.open(placed / child).load_table(name)
             assert len(a) and a.equals(b)
     assert RunFolder.open(placed).config["sweep"]["placement"]["device_map"]["model.layers.0"] == "disk"
+
+
+def test_offloaded_layers_keep_no_packed_copy(pair):
+    """The engine's linear route packs an offloaded block's weights for each call only: the offloaded model
+    holds packed copies of its resident layers alone, so offloading still saves the memory."""
+    from hopscope.engine import linear
+
+    plain, off = pair
+    run(plain, [PROMPT]), run(off, [PROMPT])
+    if linear.route() != "onednn":
+        pytest.skip("the packed linear route is off in this torch")
+    for i, (a, b) in enumerate(zip(plain.adapter.blocks, off.adapter.blocks)):
+        kept, full = linear.packed_bytes(b), linear.packed_bytes(a)
+        assert full > 0 or not any(isinstance(m, torch.nn.Linear) for m in a.modules())
+        assert kept == (0 if i in (1, 2) else full)
+
+
+def test_an_offloaded_models_weights_version_holds_over_its_first_call(tmp_path):
+    """accelerate replaces an offloaded weight's meta placeholder at every forward; the prefix cache's weights
+    version leaves meta placeholders out, so the first engine call on a freshly loaded offloaded model finds the
+    prefixes it stored itself (before, its version changed at that call and the call took another path)."""
+    from hopscope.engine.prefix import weights_version
+
+    src = tiny("llama")
+    src.model.save_pretrained(tmp_path)
+    src.tokenizer.save_pretrained(tmp_path)
+    plain = hopscope.load_model(str(tmp_path))
+    off = hopscope.load_model(str(tmp_path), device_map=offload_map(plain, disk={1}),
+                              offload_folder=str(tmp_path / "offload"))
+    before = weights_version(off.model)
+    run(off, [PROMPT])
+    assert weights_version(off.model) == before
