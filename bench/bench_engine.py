@@ -21,7 +21,9 @@ the paired per-round ratios and their number of rounds.
     python bench/bench_engine.py --only patch,cache   # some workloads
     python bench/bench_engine.py --quick              # small sizes, to check the script runs
 
-Peers: ``pip install "hopscope[bench]"`` (nnsight, transformer-lens). Run alone on the machine: with two cores a
+The engine runs float32 linear layers on oneDNN's packed weights (``hopscope.engine.linear``); the patch workload
+also times its naive loop and packed pass on torch's own linear, and the matmul peak is the better of both
+kernels. Peers: ``pip install "hopscope[bench]"`` (nnsight, transformer-lens). Run alone on the machine: with two cores a
 parallel job halves every number; the load average is printed.
 """
 
@@ -38,7 +40,7 @@ from typing import Callable
 import torch
 
 import hopscope
-from hopscope.engine import MatchRule, Site, clear_prefix_cache, generate, prompt_pass, replace, run, run_with_cache
+from hopscope.engine import MatchRule, Site, clear_prefix_cache, generate, linear, prompt_pass, replace, run, run_with_cache
 from hopscope.engine.compat import cache_kwarg
 
 TWO_HOP = "The currency of the country whose capital is Nairobi is the"
@@ -83,15 +85,24 @@ def round_ratios(rounds: dict[str, list[float]], base: str, scale: float = 1.0) 
     return {name: [scale * b / t for b, t in zip(rounds[base], ts)] for name, ts in rounds.items() if name != base}
 
 
-def matmul_gflops(lm, rows: int = 256) -> float:
-    """Measured float32 matmul throughput (GFLOP/s) at the model's MLP and unembedding shapes."""
+def matmul_gflops(lm, rows: int = 256, kernel: str = "best") -> float:
+    """Measured float32 matmul throughput (GFLOP/s) at the model's MLP and unembedding shapes: torch's own
+    matmul (``kernel="torch"``: MKL on x86), the engine's linear route (``"onednn"``: packed weights, see
+    ``hopscope.engine.linear``), or the better of the two (``"best"``, the peak the shares use)."""
+    if kernel == "best":
+        kernels = ["torch"] + (["onednn"] if linear.route() == "onednn" else [])
+        return max(matmul_gflops(lm, rows, k) for k in kernels)
     d, v = lm.d_model, lm.d_vocab
     d_mlp = lm.adapter.mlp_down[0].weight.shape[1 if type(lm.adapter.mlp_down[0]).__name__ != "Conv1D" else 0]
     shapes = [(rows, d, d_mlp), (rows, d_mlp, d), (rows, d, v)]
     flops = times = 0.0
     for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        t, _ = timed(lambda: a @ b, 5)
+        a, w = torch.randn(m, k), torch.randn(n, k)
+        if kernel == "onednn":
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+            t, _ = timed(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), 5)
+        else:
+            t, _ = timed(lambda: torch.nn.functional.linear(a, w), 5)
         flops += 2 * m * k * n
         times += t
     return flops / times / 1e9
@@ -99,12 +110,13 @@ def matmul_gflops(lm, rows: int = 256) -> float:
 
 def matmul_peak(lm, rows=(256, 1024, 2048)) -> float:
     """The best of :func:`matmul_gflops` over row counts up to a large decode batch's (a decode batch of
-    more rows than 256 runs more efficient matmuls than a 256-row peak would allow)."""
+    more rows than 256 runs more efficient matmuls than a 256-row peak would allow) and over both kernels."""
     return max(matmul_gflops(lm, r) for r in rows)
 
 
 def few_row_matmuls(lm, rows=(1, 8, 31, 256)) -> str:
-    """Time of one matmul by the MLP's up-projection weight at a few row counts (cold weights: 60 copies)."""
+    """Time of one matmul by the MLP's up-projection weight at a few row counts (cold weights: 60 copies),
+    through torch's own ``F.linear`` (outside the engine's linear route)."""
     d = lm.d_model
     d_mlp = lm.adapter.mlp_down[0].weight.shape[1 if type(lm.adapter.mlp_down[0]).__name__ != "Conv1D" else 0]
     weights = [torch.randn(d_mlp, d) for _ in range(60)]
@@ -113,7 +125,7 @@ def few_row_matmuls(lm, rows=(1, 8, 31, 256)) -> str:
         x = torch.randn(m, d)
         t, _ = timed(lambda: [torch.nn.functional.linear(x, w) for w in weights], 3)
         out.append(f"{m} rows {t / len(weights) * 1e6:.0f} us")
-    return f"{d_mlp}x{d} weight: " + ", ".join(out)
+    return f"{d_mlp}x{d} weight, torch's F.linear: " + ", ".join(out)
 
 
 def token_flops(lm, context: int) -> float:
@@ -334,6 +346,17 @@ PLAIN_HF = "plain HF: forward + hook per layer, all logits"
 PACKED = "hopscope prompt_pass, packed (prefix + rows, 1 forward)"
 
 
+def on_torch_linear(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with the engine's linear route set to torch's ``F.linear`` (restored after)."""
+    def wrapped():
+        linear.set_route("torch")
+        try:
+            return fn()
+        finally:
+            linear.set_route("onednn")
+    return wrapped
+
+
 def bench_patch(lm, repeats: int) -> None:
     clean = "The Eiffel Tower is located in the city of"
     corrupt = "The Colosseum is located in the city of"
@@ -363,6 +386,9 @@ def bench_patch(lm, repeats: int) -> None:
            PACKED: fast,
            "hopscope prompt_pass, pack=False (prefix pass, staircase)": two_forwards,
            "hopscope prompt_pass, pack=False, prefix cached (staircase)": cached}
+    if linear.route() == "onednn":  # what the engine's linear route adds: the same ways on torch's linear
+        fns["naive, torch's linear (HOPSCOPE_LINEAR=torch)"] = on_torch_linear(naive)
+        fns[PACKED + ", torch's linear"] = on_torch_linear(fast)
     for label, make in (("nnsight: prefix KV + batched trace", _peer_patch_nnsight),
                         ("TransformerLens bridge: batched run_with_hooks", _peer_patch_tl)):
         try:
@@ -600,8 +626,11 @@ def main() -> None:
     lm = hopscope.load_model(args.model)
     print(f"model {lm.name}: {lm.n_layers} layers, d_model {lm.d_model}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.machine()}, load average {os.getloadavg()}")
-    print(f"measured matmul throughput at the model's shapes: {matmul_gflops(lm):.1f} GFLOP/s with 256 rows, "
-          f"best of 256/1024/2048 rows {matmul_peak(lm):.1f} GFLOP/s (float32; the peak the shares below use)")
+    print(f"engine linear route: {linear.route()} (HOPSCOPE_LINEAR; hopscope.engine.linear)")
+    print(f"measured matmul throughput at the model's shapes, 256 rows: torch's matmul {matmul_gflops(lm, 256, 'torch'):.1f} "
+          f"GFLOP/s" + (f", oneDNN packed weights {matmul_gflops(lm, 256, 'onednn'):.1f} GFLOP/s"
+                       if linear.route() == "onednn" else "") +
+          f"; best of both over 256/1024/2048 rows {matmul_peak(lm):.1f} GFLOP/s (float32; the peak the shares below use)")
     print(f"matmuls with few rows: {few_row_matmuls(lm)}")
     work = set(args.only.split(","))
     if "cache" in work:
