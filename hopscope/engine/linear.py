@@ -9,8 +9,9 @@ kernel on a packed copy of its weight; calls outside the engine (a user's own ``
 linear as before, bit for bit.
 
 The result is the same product summed in another order: it differs from MKL's in the last bits (the default
-model's logits by at most about 1e-4 in absolute value), and each row's output does not depend on the other rows
-of the batch. Torch's linear runs instead wherever the packed route does not apply: outside an engine call,
+model's logits by at most about 1e-4 in absolute value); at the default model's shapes a row's output did not
+depend on the other rows of the batch, except for a single row through the 1,536-wide down-projection (MKL's
+changes from 1 to 3 rows). Torch's linear runs instead wherever the packed route does not apply: outside an engine call,
 with gradients on, a weight or input not float32 or not on the CPU, or a torch without oneDNN. A packed copy
 costs the layer's weight memory once more (a layer whose weights accelerate offloads is packed at each call and
 not kept, so offloading still holds no copy, and its output equals the resident model's); it is rebuilt when the
