@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import hopscope
 from hopscope.engine import Site, generate, linear, prompt_pass, replace, run, weights_changed
 from hopscope.models import TINY_FAMILIES
 from hopscope.models.tiny import tiny
@@ -123,8 +124,7 @@ def test_copies_of_an_installed_model_work():
     own); an installed layer pickles."""
     lm = tiny("llama")
     ref = run(lm, [PROMPT]).logits
-    twin = copy.copy(lm)
-    twin.model = copy.deepcopy(lm.model)
+    twin = hopscope.wrap(copy.deepcopy(lm.model), lm.tokenizer)
     assert linear.packed_bytes(twin.model) == 0
     assert torch.equal(run(twin, [PROMPT]).logits, ref)
     layer = pickle.loads(pickle.dumps(lm.model.lm_head))
