@@ -17,7 +17,7 @@ costs the layer's weight memory once more (a layer whose weights accelerate offl
 not kept, so offloading still holds no copy, and its output equals the resident model's); it is rebuilt when the
 weight changes (a new parameter, new storage, an in-place write that bumps its version counter, as optimizers
 and ``load_state_dict`` do) and dropped by :func:`hopscope.engine.weights_changed` (for writes through
-``.data``, which bump no counter). ``HOPSCOPE_LINEAR=torch`` in the environment, or :func:`set_route`, turns the
+``.data``, which bump no counter). ``HOPSCOPE_LINEAR=torch`` in the environment, :func:`set_route` or :func:`using` (a block) turns the
 route off.
 """
 
@@ -43,9 +43,14 @@ def _available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _wanted() -> str:
+    """The route ``HOPSCOPE_LINEAR`` asks for (``onednn`` when unset), normalised."""
+    return os.environ.get("HOPSCOPE_LINEAR", "onednn").strip().lower()
+
+
 def env_problem() -> str | None:
     """What is wrong with the environment's ``HOPSCOPE_LINEAR``, in one line (None: nothing)."""
-    wanted = os.environ.get("HOPSCOPE_LINEAR", "onednn").strip().lower()
+    wanted = _wanted()
     if wanted not in ROUTES:
         return f"HOPSCOPE_LINEAR={wanted!r} is not a linear route: expected one of {', '.join(ROUTES)}"
     return None
@@ -53,8 +58,7 @@ def env_problem() -> str | None:
 
 def _initial_route() -> str:
     """``HOPSCOPE_LINEAR`` (default and fallback for a wrong value: ``onednn`` where this torch has it)."""
-    wanted = os.environ.get("HOPSCOPE_LINEAR", "onednn").strip().lower()
-    return "torch" if wanted == "torch" or not _available() else "onednn"
+    return "torch" if _wanted() == "torch" or not _available() else "onednn"
 
 
 _ROUTE = [_initial_route()]
@@ -72,6 +76,17 @@ def set_route(name: str) -> None:
     if name == "onednn" and not _available():
         raise ValueError("this torch has no oneDNN linear kernel: only the route 'torch' is available")
     _ROUTE[0] = name
+
+
+@contextmanager
+def using(name: str) -> Iterator[None]:
+    """Within this block the engine takes the linear route ``name`` (the previous route is restored after)."""
+    before = route()
+    set_route(name)
+    try:
+        yield
+    finally:
+        _ROUTE[0] = before
 
 
 @contextmanager

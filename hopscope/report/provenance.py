@@ -23,8 +23,9 @@ def now() -> datetime:
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape results (read from package metadata; no imports), and
-    the engine's linear route (``hopscope.engine.linear``: which float32 CPU kernel computed the numbers)."""
+    """Versions of Python and the libraries that shape results (read from package metadata, without importing
+    them), and the engine's linear route (``hopscope.engine.linear``: which float32 CPU kernel computed the
+    numbers)."""
     out = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:

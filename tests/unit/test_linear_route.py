@@ -24,11 +24,9 @@ pytestmark = pytest.mark.skipif(linear.route() != "onednn", reason="this torch h
 
 @pytest.fixture
 def torch_route():
-    """Run a block on torch's linear, restoring the packed route after it."""
-    def use(name: str) -> None:
-        linear.set_route(name)
-    yield use
-    linear.set_route("onednn")
+    """Switch the engine to a route for the rest of the test (the packed route is restored after it)."""
+    with linear.using("onednn"):
+        yield linear.set_route
 
 
 def routed(model: torch.nn.Module) -> list[torch.nn.Linear]:
@@ -134,6 +132,9 @@ def test_copies_of_an_installed_model_work():
 def test_wrong_route_names_fail_clearly(monkeypatch):
     with pytest.raises(ValueError, match="unknown linear route 'mkl'"):
         linear.set_route("mkl")
+    with linear.using("torch"):
+        assert linear.route() == "torch"
+    assert linear.route() == "onednn"
     monkeypatch.setenv("HOPSCOPE_LINEAR", "fast")
     assert "HOPSCOPE_LINEAR='fast' is not a linear route" in linear.env_problem()
     monkeypatch.setenv("HOPSCOPE_LINEAR", "torch")
